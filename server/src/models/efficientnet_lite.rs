@@ -1,0 +1,285 @@
+//! EfficientNet-Lite0 as timm builds `tf_efficientnet_lite0`, with timm's key names.
+//!
+//! Lite differs from EfficientNet-B0 where mobile accelerators need it: no squeeze-excite,
+//! ReLU6 instead of SiLU, and a stem (32) and head (1280) that do not scale. The `tf_` weights
+//! were trained in TensorFlow, so every k×k conv uses TF "SAME" padding, asymmetric and computed
+//! from the input size, and BatchNorm uses eps 1e-3. BatchNorm is folded into the preceding conv
+//! at load time: inference only, and one pass fewer per layer. Input is RGB `(x - 127) / 128`.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use super::depthwise::{channel_bias_clamp, depthwise_conv2d_bias_clamp, Pad4};
+
+/// TensorFlow's BatchNorm epsilon, kept by timm for the `tf_` ports.
+const BN_EPS: f64 = 1e-3;
+const STEM_CHANNELS: usize = 32;
+/// Width of the pooled embedding (`forward_features`).
+pub const NUM_FEATURES: usize = 1280;
+
+/// One stage of timm's arch_def for `efficientnet_lite`: `ds_r1_k3_s1_e1_c16`, `ir_r2_k3_s2_e6_c24`, ...
+struct StageArgs {
+    repeats: usize,
+    kernel: usize,
+    stride: usize,
+    expand: usize,
+    out: usize,
+}
+
+/// Lite0: channel multiplier 1.0, depth multiplier 1.0. Stage 0 is the depthwise-separable block.
+const LITE0: [StageArgs; 7] = [
+    StageArgs {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand: 1,
+        out: 16,
+    },
+    StageArgs {
+        repeats: 2,
+        kernel: 3,
+        stride: 2,
+        expand: 6,
+        out: 24,
+    },
+    StageArgs {
+        repeats: 2,
+        kernel: 5,
+        stride: 2,
+        expand: 6,
+        out: 40,
+    },
+    StageArgs {
+        repeats: 3,
+        kernel: 3,
+        stride: 2,
+        expand: 6,
+        out: 80,
+    },
+    StageArgs {
+        repeats: 3,
+        kernel: 5,
+        stride: 1,
+        expand: 6,
+        out: 112,
+    },
+    StageArgs {
+        repeats: 4,
+        kernel: 5,
+        stride: 2,
+        expand: 6,
+        out: 192,
+    },
+    StageArgs {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand: 6,
+        out: 320,
+    },
+];
+
+/// ReLU6 as a clamp range, fused into the conv epilogues.
+const RELU6: Option<(f32, f32)> = Some((0.0, 6.0));
+/// Linear output (the projection convs): no activation.
+const LINEAR: Option<(f32, f32)> = None;
+
+/// Loads BatchNorm `vb` and folds it into conv weight `w` [out, ...]: returns (w', bias').
+/// Folding is done in f64 so the fused f32 weights round once, not twice.
+fn fold_bn(w: Tensor, vb: VarBuilder) -> Result<(Tensor, Tensor)> {
+    let out = w.dim(0)?;
+    let get = |name: &str| -> Result<Tensor> { vb.get(out, name)?.to_dtype(DType::F64) };
+    let (gamma, beta) = (get("weight")?, get("bias")?);
+    let (mean, var) = (get("running_mean")?, get("running_var")?);
+    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+    let bias = (beta - (mean * &scale)?)?;
+    let mut shape = vec![1usize; w.rank()];
+    shape[0] = out;
+    let w = w
+        .to_dtype(DType::F64)?
+        .broadcast_mul(&scale.reshape(shape)?)?;
+    Ok((w.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?))
+}
+
+/// A k×k dense conv with TF "SAME" padding and folded BN (only the stem uses it).
+struct ConvSame {
+    w: Tensor,
+    b: Tensor,
+    stride: usize,
+}
+
+impl ConvSame {
+    fn load(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        conv: VarBuilder,
+        bn: VarBuilder,
+    ) -> Result<Self> {
+        let (w, b) = fold_bn(conv.get((cout, cin, k, k), "weight")?, bn)?;
+        Ok(Self { w, b, stride })
+    }
+
+    fn forward(&self, x: &Tensor, act: Option<(f32, f32)>) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (_, _, kh, kw) = self.w.dims4()?;
+        let p = Pad4::tf_same(h, w, kh, kw, self.stride);
+        let x = x
+            .pad_with_zeros(2, p.top, p.bottom)?
+            .pad_with_zeros(3, p.left, p.right)?;
+        channel_bias_clamp(x.conv2d(&self.w, 0, self.stride, 1, 1)?, &self.b, act)
+    }
+}
+
+/// Depthwise k×k conv, TF "SAME", folded BN.
+struct DwSame {
+    w: Tensor,
+    b: Tensor,
+    stride: usize,
+}
+
+impl DwSame {
+    fn load(c: usize, k: usize, stride: usize, conv: VarBuilder, bn: VarBuilder) -> Result<Self> {
+        let (w, b) = fold_bn(conv.get((c, 1, k, k), "weight")?, bn)?;
+        Ok(Self { w, b, stride })
+    }
+
+    fn forward(&self, x: &Tensor, act: Option<(f32, f32)>) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (_, _, kh, kw) = self.w.dims4()?;
+        let p = Pad4::tf_same(h, w, kh, kw, self.stride);
+        depthwise_conv2d_bias_clamp(x, &self.w, Some(&self.b), self.stride, p, act)
+    }
+}
+
+/// 1×1 conv with folded BN, run as one matmul per image (im2col would only copy).
+struct Pointwise {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Pointwise {
+    fn load(cin: usize, cout: usize, conv: VarBuilder, bn: VarBuilder) -> Result<Self> {
+        let (w, b) = fold_bn(conv.get((cout, cin, 1, 1), "weight")?, bn)?;
+        Ok(Self {
+            w: w.reshape((cout, cin))?,
+            b,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, act: Option<(f32, f32)>) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let y = self.w.broadcast_matmul(&x.reshape((n, c, h * w))?)?;
+        channel_bias_clamp(y, &self.b, act)?.reshape((n, (), h, w))
+    }
+}
+
+enum Block {
+    /// timm `DepthwiseSeparableConv`: conv_dw, bn1 + ReLU6, conv_pw, bn2 (no activation).
+    DepthwiseSeparable {
+        dw: DwSame,
+        pw: Pointwise,
+        skip: bool,
+    },
+    /// timm `InvertedResidual`: conv_pw, bn1 + ReLU6, conv_dw, bn2 + ReLU6, conv_pwl, bn3.
+    InvertedResidual {
+        pw: Pointwise,
+        dw: DwSame,
+        pwl: Pointwise,
+        skip: bool,
+    },
+}
+
+impl Block {
+    fn load(cin: usize, args: &StageArgs, stride: usize, vb: VarBuilder) -> Result<Self> {
+        // timm: residual only where the block keeps both resolution and width.
+        let skip = stride == 1 && cin == args.out;
+        if args.expand == 1 {
+            Ok(Self::DepthwiseSeparable {
+                dw: DwSame::load(cin, args.kernel, stride, vb.pp("conv_dw"), vb.pp("bn1"))?,
+                pw: Pointwise::load(cin, args.out, vb.pp("conv_pw"), vb.pp("bn2"))?,
+                skip,
+            })
+        } else {
+            let mid = cin * args.expand;
+            Ok(Self::InvertedResidual {
+                pw: Pointwise::load(cin, mid, vb.pp("conv_pw"), vb.pp("bn1"))?,
+                dw: DwSame::load(mid, args.kernel, stride, vb.pp("conv_dw"), vb.pp("bn2"))?,
+                pwl: Pointwise::load(mid, args.out, vb.pp("conv_pwl"), vb.pp("bn3"))?,
+                skip,
+            })
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (y, skip) = match self {
+            Self::DepthwiseSeparable { dw, pw, skip } => {
+                (pw.forward(&dw.forward(x, RELU6)?, LINEAR)?, *skip)
+            }
+            Self::InvertedResidual { pw, dw, pwl, skip } => {
+                let y = pw.forward(x, RELU6)?;
+                let y = dw.forward(&y, RELU6)?;
+                (pwl.forward(&y, LINEAR)?, *skip)
+            }
+        };
+        if skip {
+            y + x
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// timm `tf_efficientnet_lite0`, inference only.
+pub struct EfficientNetLite {
+    stem: ConvSame,
+    blocks: Vec<Block>,
+    head: Pointwise,
+    classifier: Linear,
+}
+
+impl EfficientNetLite {
+    /// Loads from timm key names (`conv_stem`, `bn1`, `blocks.S.I.*`, `conv_head`, `bn2`,
+    /// `classifier`). Weights must be f32.
+    pub fn load(vb: VarBuilder) -> Result<Self> {
+        let stem = ConvSame::load(3, STEM_CHANNELS, 3, 2, vb.pp("conv_stem"), vb.pp("bn1"))?;
+        let mut blocks = Vec::new();
+        let mut cin = STEM_CHANNELS;
+        for (s, args) in LITE0.iter().enumerate() {
+            for i in 0..args.repeats {
+                let stride = if i == 0 { args.stride } else { 1 };
+                blocks.push(Block::load(
+                    cin,
+                    args,
+                    stride,
+                    vb.pp(format!("blocks.{s}.{i}")),
+                )?);
+                cin = args.out;
+            }
+        }
+        let head = Pointwise::load(cin, NUM_FEATURES, vb.pp("conv_head"), vb.pp("bn2"))?;
+        let classifier = candle_nn::linear(NUM_FEATURES, 1000, vb.pp("classifier"))?;
+        Ok(Self {
+            stem,
+            blocks,
+            head,
+            classifier,
+        })
+    }
+
+    /// `x` [B,3,H,W] preprocessed → pooled pre-logits [B,1280] (the embedding).
+    pub fn forward_features(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.stem.forward(x, RELU6)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let x = self.head.forward(&x, RELU6)?;
+        x.flatten_from(2)?.mean(D::Minus1)
+    }
+
+    /// Pooled [B,1280] → ImageNet-1k logits [B,1000].
+    pub fn forward_head(&self, pooled: &Tensor) -> Result<Tensor> {
+        self.classifier.forward(pooled)
+    }
+}

@@ -1,0 +1,95 @@
+//! The web server: axum routes for the Leptos app (server-rendered pages and server
+//! functions), the compiled site (`pkg/` with the WASM bundle and CSS, plus `public/` assets),
+//! and graceful shutdown. Pages, components and server functions live in the `app` crate;
+//! they reach the engine only through the [`Backend`] provided here as context.
+
+use anyhow::Context;
+use app::backend::Backend;
+use app::{shell, App};
+use axum::Router;
+use leptos::prelude::*;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tower_http::services::ServeDir;
+
+/// Base name of the wasm-bindgen output in `site_root/pkg` (`kadr.js`, `kadr_bg.wasm`, `kadr.css`).
+pub const OUTPUT_NAME: &str = "kadr";
+/// Folder under the site root holding the WASM bundle and stylesheet.
+pub const PKG_DIR: &str = "pkg";
+
+/// Serves the app on `addr` until Ctrl-C or SIGTERM, then lets open requests finish.
+pub async fn serve(addr: SocketAddr, site_root: PathBuf, backend: Arc<dyn Backend>) -> anyhow::Result<()> {
+    if !site_root.join(PKG_DIR).join(format!("{OUTPUT_NAME}.js")).is_file() {
+        tracing::warn!(
+            "{} has no {PKG_DIR}/{OUTPUT_NAME}.js: pages will render but not hydrate; run scripts/build-web.sh",
+            site_root.display()
+        );
+    }
+    let app = router(site_root, backend);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    eprintln!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("web server failed")
+}
+
+/// The complete router: Leptos pages and server functions with `backend` in their context,
+/// `/pkg` from `site_root/pkg`, other files from `site_root`, and the app's 404 page otherwise.
+pub fn router(site_root: PathBuf, backend: Arc<dyn Backend>) -> Router {
+    // Built in code so that no Cargo.toml metadata or LEPTOS_* variables are read at runtime.
+    let options = LeptosOptions::builder()
+        .output_name(OUTPUT_NAME)
+        .site_root(site_root.to_string_lossy().into_owned())
+        .site_pkg_dir(PKG_DIR)
+        .build();
+    let routes = generate_route_list(App);
+    // Server functions get the same context: `leptos_routes_with_context` registers each of
+    // them through `handle_server_fns_with_context` with this closure.
+    let context = move || provide_context(backend.clone());
+
+    Router::new()
+        .leptos_routes_with_context(&options, routes, context.clone(), {
+            let options = options.clone();
+            move || shell(options.clone())
+        })
+        .nest_service(
+            &format!("/{PKG_DIR}"),
+            ServeDir::new(site_root.join(PKG_DIR)).precompressed_gzip().precompressed_br(),
+        )
+        .fallback(leptos_axum::file_and_error_handler_with_context(context, shell))
+        .with_state(options)
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM where there are signals.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    eprintln!("shutting down");
+}

@@ -1,0 +1,114 @@
+//! The `kadr` binary end to end on a small split dataset with a tiny real ConvNeXt:
+//! index, search, eval (valid against train) and submit, plus clear errors for bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kadr(home: &Path, weights: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kadr"))
+        .env("KADR_HOME", home)
+        .env("MODEL", "convnext_test")
+        .env("MODEL_PATH", weights)
+        .env("MAX_BATCH_SIZE", "3")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn index_search_eval_submit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let home = tmp.path().join("home");
+    let data = tmp.path().join("set");
+    common::synthetic_dataset(&data.join("train"), &["red", "green", "blue"], 4);
+    common::synthetic_dataset(&data.join("valid"), &["red", "green", "blue"], 2);
+    for i in 0..3 {
+        common::synthetic_png(&data.join(format!("test/t{i}.png")), i, 5);
+    }
+    let d = data.to_str().unwrap();
+
+    let out = ok(&kadr(&home, &w, &["index", d]));
+    assert!(out.contains("21 images, 21 embedded"), "{out}");
+
+    let q = data.join("train/green/1.png");
+    let out = ok(&kadr(
+        &home,
+        &w,
+        &["search", "--json", "-k", "3", q.to_str().unwrap()],
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(v["neighbours"][0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("train/green/1.png"));
+    assert_eq!(v["neighbours"].as_array().unwrap().len(), 3);
+
+    let out = ok(&kadr(&home, &w, &["eval", "--data", d]));
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(v["mode"], "queries");
+    assert_eq!(
+        (v["images"].as_u64(), v["queries"].as_u64()),
+        (Some(12), Some(6))
+    );
+    let map = v["map_at_10"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&map));
+
+    let csv_path = tmp.path().join("sub.csv");
+    ok(&kadr(
+        &home,
+        &w,
+        &["submit", "--data", d, "--out", csv_path.to_str().unwrap()],
+    ));
+    let text = std::fs::read_to_string(&csv_path).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    assert!(rows[0].starts_with("image,category,confidence,neighbour_1,score_1"));
+    assert!(rows[1].starts_with("test/t0.png,"));
+    assert!(rows[1].contains("train/") || rows[1].contains("valid/"));
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let home = tmp.path().join("home");
+    let text = tmp.path().join("notes.png");
+    std::fs::write(&text, "hello").unwrap();
+
+    let out = kadr(&home, &w, &["search", text.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("index is empty"));
+
+    common::synthetic_dataset(&tmp.path().join("one"), &["a", "b"], 2);
+    ok(&kadr(
+        &home,
+        &w,
+        &["index", tmp.path().join("one").to_str().unwrap()],
+    ));
+    let out = kadr(&home, &w, &["search", text.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a supported image"));
+    let out = kadr(&home, &w, &["search", "-k", "0", text.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--k must be at least 1"));
+    let out = kadr(&home, &w, &["--device", "tpu", "index", "."]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad DEVICE"));
+    let out = Command::new(env!("CARGO_BIN_EXE_kadr"))
+        .env("KADR_HOME", &home)
+        .env("MODEL_PATH", tmp.path().join("missing.safetensors"))
+        .args(["index", "."])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such weights file"));
+}

@@ -1,0 +1,49 @@
+//! Helpers shared by the integration tests: a tiny real-architecture model and image folders.
+#![allow(dead_code)]
+
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The tiny timm ConvNeXt of the golden test, saved without the `weights.` prefix as a
+/// stand-alone checkpoint, like a real hub file.
+pub fn tiny_convnext(dir: &Path) -> PathBuf {
+    let golden = kadr::shared_dir().join("golden/convnext_linear_mlp.safetensors");
+    let all = candle_core::safetensors::load(&golden, &Device::Cpu).expect("shared golden file");
+    let weights: HashMap<String, Tensor> = all
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("weights.").map(|k| (k.to_string(), v)))
+        .collect();
+    let out = dir.join("convnext_tiny_test.safetensors");
+    candle_core::safetensors::save(&weights, &out).unwrap();
+    out
+}
+
+/// A deterministic image: a colour per category with a pattern per index.
+pub fn synthetic_png(path: &Path, category: usize, i: usize) {
+    let base = [
+        [200u8, 30, 30],
+        [30, 200, 30],
+        [30, 30, 200],
+        [200, 200, 30],
+    ][category % 4];
+    let img = image::RgbImage::from_fn(64 + i as u32 * 3, 48, |x, y| {
+        let t = ((x * (i as u32 + 1) + y * 7) % 32) as u8;
+        image::Rgb([
+            base[0].saturating_add(t),
+            base[1].saturating_add(t),
+            base[2].saturating_sub(t),
+        ])
+    });
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    img.save(path).unwrap();
+}
+
+/// `categories × per` synthetic images under `root/<cat>/`.
+pub fn synthetic_dataset(root: &Path, categories: &[&str], per: usize) {
+    for (c, name) in categories.iter().enumerate() {
+        for i in 0..per {
+            synthetic_png(&root.join(name).join(format!("{i}.png")), c, i);
+        }
+    }
+}
