@@ -65,17 +65,19 @@ pub fn scan(root: &Path) -> Result<Vec<LabeledFile>> {
 pub const TUXPAINT_MANIFEST: &str = include_str!("../assets/tuxpaint_8cat_manifest.tsv");
 
 /// Builds the Tux Paint 8-category set: copies each manifest row (`category<TAB>relative path`)
-/// from `stamps` into `out/<last part of category>/<file name>`. Returns the number of images.
+/// from `stamps` into `out/<last part of category>/<path below the category>`. Returns the
+/// number of images.
 pub fn build_tuxpaint(text: &str, stamps: &Path, out: &Path) -> Result<usize> {
     let mut n = 0;
     for line in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
         let (category, rel) = line.split_once('\t').with_context(|| format!("bad manifest line {line:?}"))?;
-        let category = category.rsplit('/').next().unwrap_or(category);
         let src = stamps.join(rel);
-        let dir = out.join(category);
-        std::fs::create_dir_all(&dir)?;
-        let name = Path::new(rel).file_name().context("manifest path without a file name")?;
-        std::fs::copy(&src, dir.join(name)).with_context(|| {
+        // Keep the sub-folders below the category: stamp file names repeat across them.
+        let below = rel.strip_prefix(category).map(|r| r.trim_start_matches('/')).unwrap_or(rel);
+        let category = category.rsplit('/').next().unwrap_or(category);
+        let dst = out.join(category).join(below);
+        std::fs::create_dir_all(dst.parent().context("manifest path without a file name")?)?;
+        std::fs::copy(&src, &dst).with_context(|| {
             format!("copying {} (install the stamps: apt-get install tuxpaint-stamps-default)", src.display())
         })?;
         n += 1;

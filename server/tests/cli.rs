@@ -34,7 +34,11 @@ fn index_search_eval_submit() {
     let home = tmp.path().join("home");
     let data = tmp.path().join("set");
     common::synthetic_dataset(&data.join("train"), &["red", "green", "blue"], 4);
-    common::synthetic_dataset(&data.join("valid"), &["red", "green", "blue"], 2);
+    for (c, name) in ["red", "green", "blue"].iter().enumerate() {
+        for i in 0..2 {
+            common::synthetic_png(&data.join(format!("valid/{name}/v{i}.png")), c, 10 + i);
+        }
+    }
     for i in 0..3 {
         common::synthetic_png(&data.join(format!("test/t{i}.png")), i, 5);
     }
