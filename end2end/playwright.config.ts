@@ -1,6 +1,6 @@
 // Playwright for kadr's journeys in Debian's Chromium (no browser download).
-// The server under test is KADR_E2E_URL if set; otherwise the web_demo example (fixed
-// in-memory index) is started on port 3055 against target/site (scripts/build-web.sh first).
+// The server under test is KADR_E2E_URL if set; otherwise scripts/e2e-server.sh starts the
+// real `kadr serve` on port 3055 over the Tux Paint set (scripts/setup.sh builds everything first).
 import { defineConfig, devices } from '@playwright/test';
 
 const external = process.env.KADR_E2E_URL;
@@ -35,7 +35,7 @@ export default defineConfig({
   webServer: external
     ? undefined
     : {
-        command: 'cargo run --quiet -p kadr --example web_demo -- 127.0.0.1:3055 target/site',
+        command: 'bash scripts/e2e-server.sh',
         cwd: '..',
         url: `${baseURL}/`,
         timeout: 600_000,

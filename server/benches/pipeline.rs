@@ -28,7 +28,10 @@ use std::time::Instant;
 const MODEL: &str = "tf_efficientnet_lite0";
 
 fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n| n > 0)
 }
 
 fn workspace_root() -> PathBuf {
@@ -46,9 +49,16 @@ fn from_root(p: &str) -> PathBuf {
 }
 
 fn weights() -> Result<PathBuf> {
-    if let Some(p) = std::env::var("MODEL_PATH").ok().filter(|v| !v.trim().is_empty()) {
+    if let Some(p) = std::env::var("MODEL_PATH")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
         let p = from_root(&p);
-        let f = if p.is_dir() { p.join("model.safetensors") } else { p };
+        let f = if p.is_dir() {
+            p.join("model.safetensors")
+        } else {
+            p
+        };
         if !f.is_file() {
             bail!("MODEL_PATH {}: no such weights file", f.display());
         }
@@ -75,7 +85,13 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn bench_folder(folder: &Path, weights: &Path, batch: usize, embed_n: usize, limit: Option<usize>) -> Result<serde_json::Value> {
+fn bench_folder(
+    folder: &Path,
+    weights: &Path,
+    batch: usize,
+    embed_n: usize,
+    limit: Option<usize>,
+) -> Result<serde_json::Value> {
     let mut files = kadr::dataset::scan(folder)?;
     if let Some(l) = limit {
         files.truncate(l);
@@ -108,7 +124,11 @@ fn bench_folder(folder: &Path, weights: &Path, batch: usize, embed_n: usize, lim
     let m = embed_n.min(n);
     let data: Vec<f32> = bytes[..m]
         .par_iter()
-        .map(|b| kadr::decode::decode(b).map(|img| preprocess(&img, &spec)).map_err(anyhow::Error::from))
+        .map(|b| {
+            kadr::decode::decode(b)
+                .map(|img| preprocess(&img, &spec))
+                .map_err(anyhow::Error::from)
+        })
         .collect::<Result<Vec<_>>>()?
         .concat();
     // Warm-up: one batch (allocations, weight packing) outside the timing.
@@ -117,7 +137,11 @@ fn bench_folder(folder: &Path, weights: &Path, batch: usize, embed_n: usize, lim
     let t = Instant::now();
     let vectors = embedder.embed_preprocessed(&data, m)?;
     let embed_secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(vectors.len() == m, "embedder returned {} vectors for {m} images", vectors.len());
+    anyhow::ensure!(
+        vectors.len() == m,
+        "embedder returned {} vectors for {m} images",
+        vectors.len()
+    );
     drop(data);
     drop(bytes);
 
@@ -128,10 +152,18 @@ fn bench_folder(folder: &Path, weights: &Path, batch: usize, embed_n: usize, lim
     let t = Instant::now();
     let report = ws.index_files(&files, batch, &|_: usize| {})?;
     let pipeline_secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(report.failed.is_empty(), "{} files failed: {:?}", report.failed.len(), &report.failed[..1]);
+    anyhow::ensure!(
+        report.failed.is_empty(),
+        "{} files failed: {:?}",
+        report.failed.len(),
+        &report.failed[..1]
+    );
     anyhow::ensure!(ws.len() == n, "index holds {} of {n} images", ws.len());
 
-    let set = folder.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let set = folder
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(serde_json::json!({
         "impl": "kadr",
         "set": set,
@@ -153,7 +185,9 @@ fn main() -> Result<()> {
     let data = std::env::var("BENCH_DATA")
         .ok()
         .filter(|v| !v.trim().is_empty())
-        .context("set BENCH_DATA to a comma-separated list of dataset folders (see bench/run.sh)")?;
+        .context(
+            "set BENCH_DATA to a comma-separated list of dataset folders (see bench/run.sh)",
+        )?;
     let weights = weights()?;
     let batch = env_usize("MAX_BATCH_SIZE").unwrap_or(32);
     let embed_n = env_usize("BENCH_EMBED_N").unwrap_or(512);
@@ -162,7 +196,11 @@ fn main() -> Result<()> {
         "kadr pipeline bench: weights {}, batch {batch}, {} threads, profile {}",
         weights.display(),
         rayon::current_num_threads(),
-        if cfg!(debug_assertions) { "dev (debug assertions on)" } else { "release" }
+        if cfg!(debug_assertions) {
+            "dev (debug assertions on)"
+        } else {
+            "release"
+        }
     );
     for folder in data.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let folder = from_root(folder);

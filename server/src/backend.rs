@@ -19,7 +19,10 @@ impl EngineBackend {
 
 impl app::backend::Backend for EngineBackend {
     fn summary(&self) -> Result<IndexSummary, String> {
-        let ws = self.ws.lock().map_err(|_| "the engine is unavailable after an earlier failure".to_string())?;
+        let ws = self
+            .ws
+            .lock()
+            .map_err(|_| "the engine is unavailable after an earlier failure".to_string())?;
         let model = ws.embedder().model_id().to_string();
         let counts = ws.store().counts(&model).map_err(|e| e.to_string())?;
         Ok(IndexSummary {
@@ -27,7 +30,11 @@ impl app::backend::Backend for EngineBackend {
             model,
             categories: counts
                 .into_iter()
-                .map(|(split, category, images)| CategoryCount { split, category, images })
+                .map(|(split, category, images)| CategoryCount {
+                    split,
+                    category,
+                    images,
+                })
                 .collect(),
         })
     }

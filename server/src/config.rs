@@ -49,17 +49,23 @@ impl Settings {
         }
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self {
-            home: var("KADR_HOME").map(PathBuf::from).unwrap_or_else(|| "kadr-data".into()),
+            home: var("KADR_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "kadr-data".into()),
             model: var("MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string()),
             model_path: var("MODEL_PATH").map(PathBuf::from),
-            models_dir: var("MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| "models".into()),
+            models_dir: var("MODELS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "models".into()),
             device: var("DEVICE").unwrap_or_else(|| "cpu".to_string()),
             max_batch_size: var("MAX_BATCH_SIZE")
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0)
                 .unwrap_or(DEFAULT_MAX_BATCH_SIZE),
             index_kind: var("INDEX_KIND").unwrap_or_else(|| "flat".to_string()),
-            site_root: var("SITE_ROOT").map(PathBuf::from).unwrap_or_else(|| "target/site".into()),
+            site_root: var("SITE_ROOT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "target/site".into()),
             addr: var("ADDR").unwrap_or_else(|| DEFAULT_ADDR.to_string()),
         }
     }

@@ -26,7 +26,11 @@ pub enum DecodeError {
 fn supported(format: ImageFormat) -> bool {
     matches!(
         format,
-        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp
+        ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp
     )
 }
 
@@ -37,22 +41,32 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     }
     let format = image::guess_format(bytes).map_err(|_| DecodeError::Unsupported)?;
     if !supported(format) {
-        return Err(DecodeError::OtherFormat { format: format!("{format:?}") });
+        return Err(DecodeError::OtherFormat {
+            format: format!("{format:?}"),
+        });
     }
     let name = format!("{format:?}");
-    let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: name.clone(), reason: e.to_string() };
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
+        format: name.clone(),
+        reason: e.to_string(),
+    };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.no_limits();
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
-        return Err(DecodeError::Corrupt { format: name, reason: "zero-sized image".into() });
+        return Err(DecodeError::Corrupt {
+            format: name,
+            reason: "zero-sized image".into(),
+        });
     }
     if u64::from(width) * u64::from(height) > MAX_PIXELS {
         return Err(DecodeError::TooLarge { width, height });
     }
     // Orientation is best effort: a broken EXIF block should not make a good image unusable.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
     Ok(flatten_onto_white(img))
@@ -99,8 +113,15 @@ mod tests {
 
     #[test]
     fn every_supported_format_decodes() {
-        let img = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(8, 5, image::Rgb([200u8, 100, 50])));
-        for f in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Bmp, ImageFormat::Gif, ImageFormat::WebP] {
+        let img =
+            DynamicImage::ImageRgb8(ImageBuffer::from_pixel(8, 5, image::Rgb([200u8, 100, 50])));
+        for f in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Bmp,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+        ] {
             let rgb = decode(&encode(&img, f)).unwrap_or_else(|e| panic!("{f:?}: {e}"));
             assert_eq!(rgb.dimensions(), (8, 5), "{f:?}");
         }
@@ -109,7 +130,10 @@ mod tests {
     #[test]
     fn bad_input_is_a_clear_error() {
         assert!(matches!(decode(b""), Err(DecodeError::Empty)));
-        assert!(matches!(decode(b"hello, world"), Err(DecodeError::Unsupported)));
+        assert!(matches!(
+            decode(b"hello, world"),
+            Err(DecodeError::Unsupported)
+        ));
         let img = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(8, 8, image::Rgb([1u8, 2, 3])));
         let png = encode(&img, ImageFormat::Png);
         let err = decode(&png[..png.len() / 2]).unwrap_err();

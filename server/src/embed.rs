@@ -82,7 +82,14 @@ fn hub_repo(model: &str) -> String {
     }
     match model {
         "tf_efficientnet_lite0" => "timm/tf_efficientnet_lite0.in1k".into(),
-        m if ["convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano"].contains(&m) => {
+        m if [
+            "convnext_atto",
+            "convnext_femto",
+            "convnext_pico",
+            "convnext_nano",
+        ]
+        .contains(&m) =>
+        {
             format!("timm/{m}.d1_in1k")
         }
         m if m.starts_with("convnext") && !m.contains('.') => format!("timm/{m}.fb_in22k_ft_in1k"),
@@ -94,13 +101,20 @@ fn hub_repo(model: &str) -> String {
 /// `MODELS_DIR/<model>/model.safetensors`, then the hub (with a progress bar).
 pub fn resolve_weights(settings: &Settings) -> Result<PathBuf> {
     if let Some(p) = &settings.model_path {
-        let file = if p.is_dir() { p.join("model.safetensors") } else { p.clone() };
+        let file = if p.is_dir() {
+            p.join("model.safetensors")
+        } else {
+            p.clone()
+        };
         if !file.is_file() {
             bail!("MODEL_PATH {}: no such weights file", file.display());
         }
         return Ok(file);
     }
-    let local = settings.models_dir.join(settings.model.replace('/', "--")).join("model.safetensors");
+    let local = settings
+        .models_dir
+        .join(settings.model.replace('/', "--"))
+        .join("model.safetensors");
     if local.is_file() {
         return Ok(local);
     }
@@ -129,7 +143,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
     if let Some(rest) = s.strip_prefix("cuda") {
         let ordinal = match rest.strip_prefix(':') {
-            Some(n) => n.parse::<usize>().with_context(|| format!("bad DEVICE {spec:?}"))?,
+            Some(n) => n
+                .parse::<usize>()
+                .with_context(|| format!("bad DEVICE {spec:?}"))?,
             None if rest.is_empty() => 0,
             None => bail!("bad DEVICE {spec:?}: use cpu, cuda or cuda:N"),
         };
@@ -160,22 +176,30 @@ impl Embedder {
 
     /// Loads `model` (a family name) from a safetensors file.
     pub fn load(model: &str, weights: &Path, device: Device, max_batch: usize) -> Result<Self> {
-        let bytes = std::fs::read(weights).with_context(|| format!("reading weights {}", weights.display()))?;
+        let bytes = std::fs::read(weights)
+            .with_context(|| format!("reading weights {}", weights.display()))?;
         let hash = blake3::hash(&bytes).to_hex();
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
             .with_context(|| format!("{} is not a safetensors file", weights.display()))?;
         let load_err = || format!("{} does not hold {model} weights", weights.display());
         let backbone: Box<dyn Backbone> = match family(model)? {
-            Family::EfficientNetLite0 => {
-                Box::new(EffNetLite(efficientnet_lite::EfficientNetLite::load(vb).with_context(load_err)?))
-            }
+            Family::EfficientNetLite0 => Box::new(EffNetLite(
+                efficientnet_lite::EfficientNetLite::load(vb).with_context(load_err)?,
+            )),
             Family::ConvNext => {
                 let cfg = convnext::Config::from_weights(&vb).with_context(load_err)?;
-                Box::new(ConvNext(convnext::ConvNeXt::load(&cfg, vb).with_context(load_err)?))
+                Box::new(ConvNext(
+                    convnext::ConvNeXt::load(&cfg, vb).with_context(load_err)?,
+                ))
             }
         };
         let base = model.rsplit('/').next().unwrap_or(model);
-        Ok(Self { backbone, device, model_id: format!("{base}@{}", &hash[..12]), max_batch: max_batch.max(1) })
+        Ok(Self {
+            backbone,
+            device,
+            model_id: format!("{base}@{}", &hash[..12]),
+            max_batch: max_batch.max(1),
+        })
     }
 
     /// Identity of model + weights, stored with every embedding.
@@ -192,15 +216,25 @@ impl Embedder {
     pub fn embed_preprocessed(&self, data: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
         let spec = self.preprocess_spec();
         let per = spec.len();
-        anyhow::ensure!(data.len() == n * per, "preprocessed data has the wrong length");
+        anyhow::ensure!(
+            data.len() == n * per,
+            "preprocessed data has the wrong length"
+        );
         let side = spec.crop as usize;
         let mut out = Vec::with_capacity(n);
         for chunk in data.chunks(self.max_batch * per) {
             let b = chunk.len() / per;
             let x = Tensor::from_slice(chunk, (b, 3, side, side), &self.device)?;
             let f = self.backbone.features(&x)?;
-            let norm = f.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
-            let f = f.broadcast_div(&norm)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            let norm = f
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f64::INFINITY)?;
+            let f = f
+                .broadcast_div(&norm)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?;
             out.extend(f.to_vec2::<f32>()?);
         }
         Ok(out)
@@ -219,7 +253,9 @@ impl Embedder {
         let side = spec.crop as usize;
         let x = Tensor::from_slice(&data, (1, 3, side, side), &self.device)?;
         let logits = self.backbone.logits(&self.backbone.features(&x)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
         let probs = probs.squeeze(0)?.to_vec1::<f32>()?;
         let mut idx: Vec<usize> = (0..probs.len()).collect();
         idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
@@ -233,11 +269,23 @@ mod tests {
 
     #[test]
     fn model_names_map_to_families_and_hub_repos() {
-        assert_eq!(family("tf_efficientnet_lite0").unwrap(), Family::EfficientNetLite0);
-        assert_eq!(family("timm/convnext_tiny.fb_in22k_ft_in1k").unwrap(), Family::ConvNext);
+        assert_eq!(
+            family("tf_efficientnet_lite0").unwrap(),
+            Family::EfficientNetLite0
+        );
+        assert_eq!(
+            family("timm/convnext_tiny.fb_in22k_ft_in1k").unwrap(),
+            Family::ConvNext
+        );
         assert!(family("resnet50").is_err());
-        assert_eq!(hub_repo("convnext_tiny"), "timm/convnext_tiny.fb_in22k_ft_in1k");
-        assert_eq!(hub_repo("tf_efficientnet_lite0"), "timm/tf_efficientnet_lite0.in1k");
+        assert_eq!(
+            hub_repo("convnext_tiny"),
+            "timm/convnext_tiny.fb_in22k_ft_in1k"
+        );
+        assert_eq!(
+            hub_repo("tf_efficientnet_lite0"),
+            "timm/tf_efficientnet_lite0.in1k"
+        );
     }
 
     #[test]

@@ -87,11 +87,17 @@ pub fn evaluate(items: &[Item], queries: Option<&[Item]>, cfg: &VoteConfig) -> R
     anyhow::ensure!(!items.is_empty(), "nothing to evaluate: no labelled images");
     let dim = items[0].embedding.len();
     let ids: Vec<i64> = (0..items.len() as i64).collect();
-    let data: Vec<f32> = items.iter().flat_map(|i| i.embedding.iter().copied()).collect();
+    let data: Vec<f32> = items
+        .iter()
+        .flat_map(|i| i.embedding.iter().copied())
+        .collect();
     let mut index = VectorIndex::build(IndexKind::Flat, dim, &ids, &data)?;
     let leave_one_out = queries.is_none();
     let qs = queries.unwrap_or(items);
-    let qdata: Vec<f32> = qs.iter().flat_map(|i| i.embedding.iter().copied()).collect();
+    let qdata: Vec<f32> = qs
+        .iter()
+        .flat_map(|i| i.embedding.iter().copied())
+        .collect();
     let depth = MAP_K.max(cfg.k) + usize::from(leave_one_out);
     let hits = index.search(&qdata, depth)?;
 
@@ -106,20 +112,42 @@ pub fn evaluate(items: &[Item], queries: Option<&[Item]>, cfg: &VoteConfig) -> R
             .map(|h| (h.id as usize, h.score))
             .filter(|&(id, _)| !(leave_one_out && id == qi))
             .collect();
-        let relevance: Vec<bool> = ranked.iter().map(|&(id, _)| items[id].category == q.category).collect();
-        let relevant = per_cat_count.get(q.category.as_str()).copied().unwrap_or(0) - usize::from(leave_one_out);
+        let relevance: Vec<bool> = ranked
+            .iter()
+            .map(|&(id, _)| items[id].category == q.category)
+            .collect();
+        let relevant = per_cat_count.get(q.category.as_str()).copied().unwrap_or(0)
+            - usize::from(leave_one_out);
         let ap = average_precision(&relevance, relevant, MAP_K);
-        let v = vote(ranked.iter().map(|&(id, s)| (items[id].category.as_str(), s)), cfg);
+        let v = vote(
+            ranked
+                .iter()
+                .map(|&(id, s)| (items[id].category.as_str(), s)),
+            cfg,
+        );
         results.push(QueryResult {
             path: q.path.clone(),
             category: q.category.clone(),
             predicted: v.category,
             confidence: v.confidence,
             ap,
-            neighbours: ranked.iter().take(MAP_K).map(|&(id, s)| (items[id].path.clone(), s)).collect(),
+            neighbours: ranked
+                .iter()
+                .take(MAP_K)
+                .map(|&(id, s)| (items[id].path.clone(), s))
+                .collect(),
         });
     }
-    Ok(summarise(results, items.len(), cfg.k, if leave_one_out { "leave-one-out" } else { "queries" }))
+    Ok(summarise(
+        results,
+        items.len(),
+        cfg.k,
+        if leave_one_out {
+            "leave-one-out"
+        } else {
+            "queries"
+        },
+    ))
 }
 
 fn summarise(results: Vec<QueryResult>, images: usize, k: usize, mode: &str) -> Report {
@@ -132,7 +160,12 @@ fn summarise(results: Vec<QueryResult>, images: usize, k: usize, mode: &str) -> 
     labels.extend(results.iter().filter_map(|r| r.predicted.clone()));
     labels.sort();
     labels.dedup();
-    let pos = |c: &str| labels.iter().position(|l| l == c).expect("label collected above");
+    let pos = |c: &str| {
+        labels
+            .iter()
+            .position(|l| l == c)
+            .expect("label collected above")
+    };
     let mut matrix = vec![vec![0usize; labels.len() + 1]; labels.len()];
     for r in &results {
         let col = r.predicted.as_deref().map_or(labels.len(), pos);
@@ -152,7 +185,11 @@ fn summarise(results: Vec<QueryResult>, images: usize, k: usize, mode: &str) -> 
                 category: c.clone(),
                 images: rows.len(),
                 map_at_k: rows.iter().map(|r| r.ap).sum::<f64>() / rows.len() as f64,
-                precision: if predicted_as > 0 { tp / predicted_as as f64 } else { 0.0 },
+                precision: if predicted_as > 0 {
+                    tp / predicted_as as f64
+                } else {
+                    0.0
+                },
                 recall: tp / rows.len() as f64,
             })
         })
@@ -200,14 +237,21 @@ mod tests {
         assert_eq!(average_precision(&[true, true], 2, 10), 1.0);
         assert_eq!(average_precision(&[false, true], 1, 10), 0.5);
         // 1/1 + 2/3 over min(10, 4) = 4
-        assert!((average_precision(&[true, false, true], 4, 10) - (1.0 + 2.0 / 3.0) / 4.0).abs() < 1e-12);
+        assert!(
+            (average_precision(&[true, false, true], 4, 10) - (1.0 + 2.0 / 3.0) / 4.0).abs()
+                < 1e-12
+        );
         assert_eq!(average_precision(&[true; 12], 30, 10), 1.0);
         assert_eq!(average_precision(&[], 0, 10), 0.0);
     }
 
     fn item(path: &str, cat: &str, v: [f32; 2]) -> Item {
         let n = (v[0] * v[0] + v[1] * v[1]).sqrt();
-        Item { path: path.into(), category: cat.into(), embedding: vec![v[0] / n, v[1] / n] }
+        Item {
+            path: path.into(),
+            category: cat.into(),
+            embedding: vec![v[0] / n, v[1] / n],
+        }
     }
 
     #[test]
@@ -220,13 +264,19 @@ mod tests {
             item("b2", "b", [0.1, 1.0]),
             item("b3", "b", [0.9, 0.3]), // sits among the a's
         ];
-        let cfg = VoteConfig { k: 2, ..Default::default() };
+        let cfg = VoteConfig {
+            k: 2,
+            ..Default::default()
+        };
         let r = evaluate(&items, None, &cfg).unwrap();
         assert_eq!((r.images, r.queries), (6, 6));
         assert_eq!(r.vote_accuracy, 5.0 / 6.0);
         let b3 = r.results.iter().find(|q| q.path == "b3").unwrap();
         assert_eq!(b3.predicted.as_deref(), Some("a"));
-        assert!(b3.neighbours.iter().all(|(p, _)| p != "b3"), "a query never finds itself");
+        assert!(
+            b3.neighbours.iter().all(|(p, _)| p != "b3"),
+            "a query never finds itself"
+        );
         assert_eq!(r.worst[0].path, "b3");
         assert_eq!(r.confusion.labels, vec!["a", "b"]);
         assert_eq!(r.confusion.matrix[1], vec![1, 2, 0]);

@@ -57,13 +57,19 @@ pub struct VectorIndex {
 impl VectorIndex {
     /// Builds an index of `kind` over `vectors` (row-major, `ids.len()` rows of `dim`).
     pub fn build(kind: IndexKind, dim: usize, ids: &[i64], vectors: &[f32]) -> Result<Self> {
-        anyhow::ensure!(vectors.len() == ids.len() * dim, "vector data does not match ids × dim");
+        anyhow::ensure!(
+            vectors.len() == ids.len() * dim,
+            "vector data does not match ids × dim"
+        );
         let n = ids.len();
         let description = match kind {
             IndexKind::Flat => "IDMap2,Flat".to_string(),
             IndexKind::Hnsw => "IDMap2,HNSW32,Flat".to_string(),
             // ~4·√n cells, at least 39 training points per cell as FAISS advises.
-            IndexKind::Ivf => format!("IVF{},Flat", ((4.0 * (n as f64).sqrt()) as usize).clamp(1, (n / 39).max(1))),
+            IndexKind::Ivf => format!(
+                "IVF{},Flat",
+                ((4.0 * (n as f64).sqrt()) as usize).clamp(1, (n / 39).max(1))
+            ),
         };
         let mut inner = index_factory(dim as u32, &description, MetricType::InnerProduct)
             .with_context(|| format!("creating FAISS index {description}"))?;
@@ -71,7 +77,11 @@ impl VectorIndex {
             anyhow::ensure!(n > 0, "an IVF index needs vectors to train on");
             inner.train(vectors).context("training IVF")?;
             let nlist: usize = description[3..description.len() - 5].parse().unwrap_or(1);
-            faiss::index::autotune::ParameterSpace::new()?.set_index_parameter(&inner, "nprobe", nlist.min(16) as f64)?;
+            faiss::index::autotune::ParameterSpace::new()?.set_index_parameter(
+                &inner,
+                "nprobe",
+                nlist.min(16) as f64,
+            )?;
         }
         let mut index = Self { inner, kind, dim };
         index.add(ids, vectors)?;
@@ -80,7 +90,10 @@ impl VectorIndex {
 
     /// Adds vectors under the given ids.
     pub fn add(&mut self, ids: &[i64], vectors: &[f32]) -> Result<()> {
-        anyhow::ensure!(vectors.len() == ids.len() * self.dim, "vector data does not match ids × dim");
+        anyhow::ensure!(
+            vectors.len() == ids.len() * self.dim,
+            "vector data does not match ids × dim"
+        );
         if ids.is_empty() {
             return Ok(());
         }
@@ -100,7 +113,10 @@ impl VectorIndex {
 
     /// The `k` nearest neighbours of each query (row-major queries of `dim`).
     pub fn search(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
-        anyhow::ensure!(queries.len() % self.dim == 0, "query has the wrong dimension");
+        anyhow::ensure!(
+            queries.len() % self.dim == 0,
+            "query has the wrong dimension"
+        );
         let nq = queries.len() / self.dim;
         if nq == 0 || k == 0 || self.len() == 0 {
             return Ok(vec![Vec::new(); nq]);
@@ -111,7 +127,10 @@ impl VectorIndex {
                 (0..k)
                     .filter_map(|j| {
                         let label = res.labels[q * k + j];
-                        label.get().map(|id| Hit { id: id as i64, score: res.distances[q * k + j] })
+                        label.get().map(|id| Hit {
+                            id: id as i64,
+                            score: res.distances[q * k + j],
+                        })
                     })
                     .collect()
             })
@@ -142,7 +161,8 @@ impl VectorIndex {
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("faiss.tmp");
         let tmp_str = tmp.to_str().context("index path is not UTF-8")?;
-        faiss::write_index(&self.inner, tmp_str).with_context(|| format!("writing {}", tmp.display()))?;
+        faiss::write_index(&self.inner, tmp_str)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
@@ -157,7 +177,8 @@ impl VectorIndex {
     /// Reads an index written by [`save`](Self::save).
     pub fn load(path: &Path, kind: IndexKind) -> Result<Self> {
         let p = path.to_str().context("index path is not UTF-8")?;
-        let inner = faiss::read_index(p).with_context(|| format!("{} is not a readable FAISS index", path.display()))?;
+        let inner = faiss::read_index(p)
+            .with_context(|| format!("{} is not a readable FAISS index", path.display()))?;
         let dim = inner.d() as usize;
         Ok(Self { inner, kind, dim })
     }
@@ -171,7 +192,9 @@ mod tests {
         let mut s = seed;
         let mut v: Vec<f32> = (0..n * dim)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
             })
             .collect();
@@ -217,7 +240,11 @@ mod tests {
         for kind in [IndexKind::Hnsw, IndexKind::Ivf] {
             let mut idx = VectorIndex::build(kind, dim, &ids, &v).unwrap();
             let got = idx.search(q, 1).unwrap();
-            let agree = got.iter().zip(&truth).filter(|(a, b)| a[0].id == b[0].id).count();
+            let agree = got
+                .iter()
+                .zip(&truth)
+                .filter(|(a, b)| a[0].id == b[0].id)
+                .count();
             assert!(agree >= 90, "{kind:?} recall@1 {agree}/100");
         }
     }

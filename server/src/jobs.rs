@@ -41,7 +41,10 @@ pub fn index_folder(
 ) -> Result<(Vec<LabeledFile>, IndexReport)> {
     let files = scan(dir)?;
     if files.is_empty() {
-        bail!("no images (.jpg .jpeg .png .webp .gif .bmp) under {}", dir.display());
+        bail!(
+            "no images (.jpg .jpeg .png .webp .gif .bmp) under {}",
+            dir.display()
+        );
     }
     let total = files.len();
     let report = ws.index_files(&files, batch, &|done| progress(done, total))?;
@@ -49,7 +52,10 @@ pub fn index_folder(
 }
 
 fn relative(dir: &Path, path: &str) -> String {
-    Path::new(path).strip_prefix(dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| path.to_string())
+    Path::new(path)
+        .strip_prefix(dir)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_string())
 }
 
 /// The stored, labelled images of `dir` (after [`index_folder`]), by split.
@@ -60,7 +66,14 @@ fn labelled(ws: &Workspace, dir: &Path) -> Result<Vec<(String, Item)>> {
     Ok(rows
         .into_iter()
         .map(|(row, embedding)| {
-            (row.split, Item { path: relative(&dir, &row.path), category: row.category, embedding })
+            (
+                row.split,
+                Item {
+                    path: relative(&dir, &row.path),
+                    category: row.category,
+                    embedding,
+                },
+            )
         })
         .collect())
 }
@@ -81,7 +94,10 @@ pub fn eval_folder(
         EvalMode::Auto => has("train") && has("valid"),
         EvalMode::Split => {
             if !(has("train") && has("valid")) {
-                bail!("--mode split needs train/ and valid/ folders under {}", dir.display());
+                bail!(
+                    "--mode split needs train/ and valid/ folders under {}",
+                    dir.display()
+                );
             }
             true
         }
@@ -89,17 +105,28 @@ pub fn eval_folder(
     };
     let labelled_items = |split: Option<&str>| -> Vec<Item> {
         all.iter()
-            .filter(|(s, it)| !it.category.is_empty() && split.is_none_or(|want| s == want) && s != "test")
+            .filter(|(s, it)| {
+                !it.category.is_empty() && split.is_none_or(|want| s == want) && s != "test"
+            })
             .map(|(_, it)| it.clone())
             .collect()
     };
     let report = if split_mode {
-        evaluate(&labelled_items(Some("train")), Some(&labelled_items(Some("valid"))), cfg)?
+        evaluate(
+            &labelled_items(Some("train")),
+            Some(&labelled_items(Some("valid"))),
+            cfg,
+        )?
     } else {
         let items = labelled_items(None);
-        let categories: std::collections::BTreeSet<&str> = items.iter().map(|i| i.category.as_str()).collect();
+        let categories: std::collections::BTreeSet<&str> =
+            items.iter().map(|i| i.category.as_str()).collect();
         if categories.len() < 2 {
-            bail!("{} needs at least two category folders to evaluate (found {})", dir.display(), categories.len());
+            bail!(
+                "{} needs at least two category folders to evaluate (found {})",
+                dir.display(),
+                categories.len()
+            );
         }
         evaluate(&items, None, cfg)?
     };
@@ -119,10 +146,17 @@ pub fn submit_folder(
     let references: Vec<Reference> = all
         .iter()
         .filter(|(s, it)| s != "test" && !it.category.is_empty())
-        .map(|(_, it)| Reference { path: it.path.clone(), category: it.category.clone(), embedding: it.embedding.clone() })
+        .map(|(_, it)| Reference {
+            path: it.path.clone(),
+            category: it.category.clone(),
+            embedding: it.embedding.clone(),
+        })
         .collect();
-    let queries: Vec<(String, Vec<f32>)> =
-        all.into_iter().filter(|(s, _)| s == "test").map(|(_, it)| (it.path, it.embedding)).collect();
+    let queries: Vec<(String, Vec<f32>)> = all
+        .into_iter()
+        .filter(|(s, _)| s == "test")
+        .map(|(_, it)| (it.path, it.embedding))
+        .collect();
     if queries.is_empty() {
         bail!("no images under {}/test/ to predict", dir.display());
     }

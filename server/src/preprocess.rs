@@ -3,7 +3,9 @@
 //! reference pipeline (torchvision `Resize(shorter side, bicubic)` on PIL, `CenterCrop`,
 //! normalise). Batches are preprocessed in parallel on all cores.
 
-use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{
+    images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+};
 use image::RgbImage;
 use rayon::prelude::*;
 
@@ -37,7 +39,13 @@ impl PreprocessSpec {
 
     /// The EfficientNet-Lite reference: shorter side 256, crop 224, `(x − 127) / 128`.
     pub fn efficientnet_lite() -> Self {
-        Self { resize_shorter: 256, crop: 224, mean: [127.0; 3], std: [128.0; 3], round_long_side: true }
+        Self {
+            resize_shorter: 256,
+            crop: 224,
+            mean: [127.0; 3],
+            std: [128.0; 3],
+            round_long_side: true,
+        }
     }
 
     /// Number of f32 values one preprocessed image occupies (3 × crop × crop).
@@ -52,16 +60,27 @@ pub fn resize_and_crop(img: &RgbImage, spec: &PreprocessSpec) -> RgbImage {
     let s = spec.resize_shorter;
     let long = |l: u32, short: u32| {
         let x = f64::from(s) * f64::from(l) / f64::from(short);
-        (if spec.round_long_side { x.round() } else { x.floor() }) as u32
+        (if spec.round_long_side {
+            x.round()
+        } else {
+            x.floor()
+        }) as u32
     };
-    let (rw, rh) = if w <= h { (s, long(h, w)) } else { (long(w, h), s) };
+    let (rw, rh) = if w <= h {
+        (s, long(h, w))
+    } else {
+        (long(w, h), s)
+    };
     let resized = if (rw, rh) == (w, h) {
         img.clone()
     } else {
-        let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).expect("RgbImage buffer matches its size");
+        let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3)
+            .expect("RgbImage buffer matches its size");
         let mut dst = Image::new(rw, rh, PixelType::U8x3);
         let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-        Resizer::new().resize(&src, &mut dst, &opts).expect("same pixel type on both sides");
+        Resizer::new()
+            .resize(&src, &mut dst, &opts)
+            .expect("same pixel type on both sides");
         RgbImage::from_raw(rw, rh, dst.into_vec()).expect("resizer output matches its size")
     };
     let c = spec.crop.min(rw).min(rh);
@@ -119,7 +138,8 @@ mod tests {
     #[test]
     fn coffee_matches_reference_preprocessing() {
         let shared = crate::shared_dir();
-        let bytes = std::fs::read(shared.join("golden/coffee.png")).expect("shared/golden/coffee.png");
+        let bytes =
+            std::fs::read(shared.join("golden/coffee.png")).expect("shared/golden/coffee.png");
         let rgb = crate::decode::decode(&bytes).unwrap();
         let x = preprocess(&rgb, &PreprocessSpec::efficientnet_lite());
         let golden: serde_json::Value = serde_json::from_slice(
@@ -127,13 +147,21 @@ mod tests {
         )
         .unwrap();
         let g = &golden["images"]["coffee.png"];
-        let first8: Vec<f32> = g["input_first8"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let first8: Vec<f32> = g["input_first8"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         for (a, b) in x.iter().zip(&first8) {
             assert!((a - b).abs() <= 2.0 / 128.0 + 1e-6, "{a} vs {b}");
         }
         let sum: f32 = x.iter().sum();
         let gsum = g["input_sum"].as_f64().unwrap() as f32;
         // Mean absolute deviation per value under 0.5 grey level.
-        assert!((sum - gsum).abs() / (x.len() as f32) < 0.5 / 128.0, "sum {sum} vs {gsum}");
+        assert!(
+            (sum - gsum).abs() / (x.len() as f32) < 0.5 / 128.0,
+            "sum {sum} vs {gsum}"
+        );
     }
 }

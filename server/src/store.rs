@@ -40,7 +40,9 @@ fn to_blob(v: &[f32]) -> Vec<u8> {
 }
 
 fn from_blob(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 impl Store {
@@ -75,9 +77,11 @@ impl Store {
     pub fn hash_of_path(&self, model: &str, path: &str) -> Result<Option<(i64, String)>> {
         Ok(self
             .conn
-            .query_row("SELECT id, hash FROM images WHERE model = ?1 AND path = ?2", params![model, path], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT id, hash FROM images WHERE model = ?1 AND path = ?2",
+                params![model, path],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?)
     }
 
@@ -85,9 +89,11 @@ impl Store {
     pub fn embedding_by_hash(&self, model: &str, hash: &str) -> Result<Option<Vec<f32>>> {
         Ok(self
             .conn
-            .query_row("SELECT embedding FROM images WHERE model = ?1 AND hash = ?2 LIMIT 1", params![model, hash], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })
+            .query_row(
+                "SELECT embedding FROM images WHERE model = ?1 AND hash = ?2 LIMIT 1",
+                params![model, hash],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
             .optional()?
             .map(|b| from_blob(&b)))
     }
@@ -99,18 +105,31 @@ impl Store {
         let mut ids = Vec::with_capacity(rows.len());
         let mut replaced = Vec::new();
         {
-            let mut old = tx.prepare_cached("SELECT id FROM images WHERE model = ?1 AND path = ?2")?;
+            let mut old =
+                tx.prepare_cached("SELECT id FROM images WHERE model = ?1 AND path = ?2")?;
             let mut del = tx.prepare_cached("DELETE FROM images WHERE id = ?1")?;
             let mut ins = tx.prepare_cached(
                 "INSERT INTO images (model, path, hash, split, category, width, height, embedding)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for r in rows {
-                if let Some(id) = old.query_row(params![model, r.path], |x| x.get::<_, i64>(0)).optional()? {
+                if let Some(id) = old
+                    .query_row(params![model, r.path], |x| x.get::<_, i64>(0))
+                    .optional()?
+                {
                     del.execute([id])?;
                     replaced.push(id);
                 }
-                ins.execute(params![model, r.path, r.hash, r.split, r.category, r.width, r.height, to_blob(&r.embedding)])?;
+                ins.execute(params![
+                    model,
+                    r.path,
+                    r.hash,
+                    r.split,
+                    r.category,
+                    r.width,
+                    r.height,
+                    to_blob(&r.embedding)
+                ])?;
                 ids.push(tx.last_insert_rowid());
             }
         }
@@ -134,7 +153,9 @@ impl Store {
 
     /// Every (id, embedding) of `model`, in id order: the input to rebuild an index.
     pub fn all_vectors(&self, model: &str) -> Result<(Vec<i64>, Vec<f32>)> {
-        let mut st = self.conn.prepare("SELECT id, embedding FROM images WHERE model = ?1 ORDER BY id")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT id, embedding FROM images WHERE model = ?1 ORDER BY id")?;
         let mut ids = Vec::new();
         let mut data = Vec::new();
         let mut rows = st.query([model])?;
@@ -147,12 +168,20 @@ impl Store {
 
     /// Rows by id (missing ids are skipped).
     pub fn rows(&self, ids: &[i64]) -> Result<HashMap<i64, ImageRow>> {
-        let mut st = self.conn.prepare_cached("SELECT id, path, hash, split, category FROM images WHERE id = ?1")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, path, hash, split, category FROM images WHERE id = ?1")?;
         let mut out = HashMap::new();
         for id in ids {
             if let Some(row) = st
                 .query_row([id], |r| {
-                    Ok(ImageRow { id: r.get(0)?, path: r.get(1)?, hash: r.get(2)?, split: r.get(3)?, category: r.get(4)? })
+                    Ok(ImageRow {
+                        id: r.get(0)?,
+                        path: r.get(1)?,
+                        hash: r.get(2)?,
+                        split: r.get(3)?,
+                        category: r.get(4)?,
+                    })
                 })
                 .optional()?
             {
@@ -170,7 +199,13 @@ impl Store {
         )?;
         let rows = st.query_map(params![model, prefix], |r| {
             Ok((
-                ImageRow { id: r.get(0)?, path: r.get(1)?, hash: r.get(2)?, split: r.get(3)?, category: r.get(4)? },
+                ImageRow {
+                    id: r.get(0)?,
+                    path: r.get(1)?,
+                    hash: r.get(2)?,
+                    split: r.get(3)?,
+                    category: r.get(4)?,
+                },
                 from_blob(&r.get::<_, Vec<u8>>(5)?),
             ))
         })?;
@@ -192,13 +227,18 @@ impl Store {
         let mut st = self.conn.prepare(
             "SELECT split, category, count(*) FROM images WHERE model = ?1 GROUP BY split, category ORDER BY split, category",
         )?;
-        let rows = st.query_map([model], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+        let rows = st.query_map([model], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Reads a value from the key-value table.
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
     }
 
     /// Writes a value to the key-value table.
@@ -231,19 +271,33 @@ mod tests {
     fn insert_replace_lookup_remove() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("m.sqlite")).unwrap();
-        let (ids, replaced) = s.insert_batch("m", &[img("/a.png", "h1", 1.0), img("/b.png", "h2", 2.0)]).unwrap();
+        let (ids, replaced) = s
+            .insert_batch("m", &[img("/a.png", "h1", 1.0), img("/b.png", "h2", 2.0)])
+            .unwrap();
         assert_eq!((ids.len(), replaced.len()), (2, 0));
-        assert_eq!(s.hash_of_path("m", "/a.png").unwrap(), Some((ids[0], "h1".into())));
+        assert_eq!(
+            s.hash_of_path("m", "/a.png").unwrap(),
+            Some((ids[0], "h1".into()))
+        );
         assert_eq!(s.hash_of_path("other", "/a.png").unwrap(), None);
-        assert_eq!(s.embedding_by_hash("m", "h2").unwrap(), Some(vec![2.0, -2.0]));
+        assert_eq!(
+            s.embedding_by_hash("m", "h2").unwrap(),
+            Some(vec![2.0, -2.0])
+        );
         let (new, replaced) = s.insert_batch("m", &[img("/a.png", "h3", 3.0)]).unwrap();
         assert_eq!(replaced, vec![ids[0]]);
         let (all, data) = s.all_vectors("m").unwrap();
         assert_eq!(all, vec![ids[1], new[0]]);
         assert_eq!(data, vec![2.0, -2.0, 3.0, -3.0]);
-        assert_eq!(s.fingerprint("m").unwrap(), format!("2:{}", ids[1] + new[0]));
+        assert_eq!(
+            s.fingerprint("m").unwrap(),
+            format!("2:{}", ids[1] + new[0])
+        );
         assert_eq!(s.remove(&[ids[1]]).unwrap(), 1);
-        assert_eq!(s.counts("m").unwrap(), vec![("train".into(), "cat".into(), 1)]);
+        assert_eq!(
+            s.counts("m").unwrap(),
+            vec![("train".into(), "cat".into(), 1)]
+        );
         assert_eq!(s.rows_under("m", "/a").unwrap().len(), 1);
         s.set_meta("k", "v").unwrap();
         assert_eq!(s.meta("k").unwrap().as_deref(), Some("v"));

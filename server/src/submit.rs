@@ -30,11 +30,21 @@ pub struct Reference {
 }
 
 /// Votes a category for each query against the references.
-pub fn predict(references: &[Reference], queries: &[(String, Vec<f32>)], cfg: &VoteConfig) -> Result<Vec<Prediction>> {
-    anyhow::ensure!(!references.is_empty(), "no labelled reference images (train/ or valid/) to vote with");
+pub fn predict(
+    references: &[Reference],
+    queries: &[(String, Vec<f32>)],
+    cfg: &VoteConfig,
+) -> Result<Vec<Prediction>> {
+    anyhow::ensure!(
+        !references.is_empty(),
+        "no labelled reference images (train/ or valid/) to vote with"
+    );
     let dim = references[0].embedding.len();
     let ids: Vec<i64> = (0..references.len() as i64).collect();
-    let data: Vec<f32> = references.iter().flat_map(|r| r.embedding.iter().copied()).collect();
+    let data: Vec<f32> = references
+        .iter()
+        .flat_map(|r| r.embedding.iter().copied())
+        .collect();
     let mut index = VectorIndex::build(IndexKind::Flat, dim, &ids, &data)?;
     let qdata: Vec<f32> = queries.iter().flat_map(|q| q.1.iter().copied()).collect();
     let hits = index.search(&qdata, NEIGHBOURS.max(cfg.k))?;
@@ -42,12 +52,20 @@ pub fn predict(references: &[Reference], queries: &[(String, Vec<f32>)], cfg: &V
         .iter()
         .zip(hits)
         .map(|((image, _), hits)| {
-            let v = vote(hits.iter().map(|h| (references[h.id as usize].category.as_str(), h.score)), cfg);
+            let v = vote(
+                hits.iter()
+                    .map(|h| (references[h.id as usize].category.as_str(), h.score)),
+                cfg,
+            );
             Prediction {
                 image: image.clone(),
                 category: v.category,
                 confidence: v.confidence,
-                neighbours: hits.iter().take(NEIGHBOURS).map(|h| (references[h.id as usize].path.clone(), h.score)).collect(),
+                neighbours: hits
+                    .iter()
+                    .take(NEIGHBOURS)
+                    .map(|h| (references[h.id as usize].path.clone(), h.score))
+                    .collect(),
             }
         })
         .collect())
@@ -63,7 +81,11 @@ pub fn write_csv(predictions: &[Prediction], w: impl std::io::Write) -> Result<(
     }
     out.write_record(&header)?;
     for p in predictions {
-        let mut rec = vec![p.image.clone(), p.category.clone().unwrap_or_default(), format!("{:.4}", p.confidence)];
+        let mut rec = vec![
+            p.image.clone(),
+            p.category.clone().unwrap_or_default(),
+            format!("{:.4}", p.confidence),
+        ];
         for i in 0..NEIGHBOURS {
             match p.neighbours.get(i) {
                 Some((path, s)) => {
@@ -86,10 +108,21 @@ mod tests {
     #[test]
     fn csv_has_documented_columns() {
         let refs = vec![
-            Reference { path: "train/a/1.png".into(), category: "a".into(), embedding: vec![1.0, 0.0] },
-            Reference { path: "train/b/2.png".into(), category: "b".into(), embedding: vec![0.0, 1.0] },
+            Reference {
+                path: "train/a/1.png".into(),
+                category: "a".into(),
+                embedding: vec![1.0, 0.0],
+            },
+            Reference {
+                path: "train/b/2.png".into(),
+                category: "b".into(),
+                embedding: vec![0.0, 1.0],
+            },
         ];
-        let cfg = VoteConfig { k: 1, ..Default::default() };
+        let cfg = VoteConfig {
+            k: 1,
+            ..Default::default()
+        };
         let preds = predict(&refs, &[("test/x.png".into(), vec![0.6, 0.8])], &cfg).unwrap();
         assert_eq!(preds[0].category.as_deref(), Some("b"));
         let mut buf = Vec::new();
@@ -98,7 +131,13 @@ mod tests {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
         assert_eq!(header.len(), 3 + 2 * NEIGHBOURS);
-        assert_eq!(&header[..5], ["image", "category", "confidence", "neighbour_1", "score_1"]);
-        assert_eq!(lines.next().unwrap(), "test/x.png,b,1.0000,train/b/2.png,0.8000,train/a/1.png,0.6000,,,,,,,,,,,,,,,,");
+        assert_eq!(
+            &header[..5],
+            ["image", "category", "confidence", "neighbour_1", "score_1"]
+        );
+        assert_eq!(
+            lines.next().unwrap(),
+            "test/x.png,b,1.0000,train/b/2.png,0.8000,train/a/1.png,0.6000,,,,,,,,,,,,,,,,"
+        );
     }
 }

@@ -41,7 +41,11 @@ pub struct CategoryRules {
 impl CategoryRules {
     /// The label a category counts as, or `None` when it is ignored.
     pub fn apply<'a>(&'a self, category: &'a str) -> Option<&'a str> {
-        let c = self.rename.get(category).map(String::as_str).unwrap_or(category);
+        let c = self
+            .rename
+            .get(category)
+            .map(String::as_str)
+            .unwrap_or(category);
         (!self.ignore.contains(c)).then_some(c)
     }
 
@@ -52,9 +56,16 @@ impl CategoryRules {
             let (from, to) = pair
                 .split_once('=')
                 .ok_or_else(|| anyhow::anyhow!("bad rename rule {pair:?}: use from=to"))?;
-            rules.rename.insert(from.trim().to_string(), to.trim().to_string());
+            rules
+                .rename
+                .insert(from.trim().to_string(), to.trim().to_string());
         }
-        rules.ignore = ignore.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect();
+        rules.ignore = ignore
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect();
         Ok(rules)
     }
 }
@@ -105,7 +116,9 @@ pub struct Vote {
 pub fn vote<'a>(neighbours: impl IntoIterator<Item = (&'a str, f32)>, cfg: &VoteConfig) -> Vote {
     let hits: Vec<(&str, f32)> = neighbours.into_iter().take(cfg.k).collect();
     let best = hits.iter().map(|h| h.1).fold(f32::NEG_INFINITY, f32::max);
-    let floor = cfg.relative_to_best.map_or(cfg.min_similarity, |r| cfg.min_similarity.max(best * r));
+    let floor = cfg
+        .relative_to_best
+        .map_or(cfg.min_similarity, |r| cfg.min_similarity.max(best * r));
     // (votes, similarity sum) per category
     let mut tally: BTreeMap<&str, (f32, f32)> = BTreeMap::new();
     let mut voters = 0;
@@ -113,7 +126,9 @@ pub fn vote<'a>(neighbours: impl IntoIterator<Item = (&'a str, f32)>, cfg: &Vote
         if score < floor || score.is_nan() {
             continue;
         }
-        let Some(cat) = cfg.rules.apply(cat) else { continue };
+        let Some(cat) = cfg.rules.apply(cat) else {
+            continue;
+        };
         let e = tally.entry(cat).or_default();
         e.0 += match cfg.mode {
             VoteMode::Majority => 1.0,
@@ -123,12 +138,26 @@ pub fn vote<'a>(neighbours: impl IntoIterator<Item = (&'a str, f32)>, cfg: &Vote
         voters += 1;
     }
     let total: f32 = tally.values().map(|v| v.0).sum();
-    let mut split: Vec<(String, f32, f32)> =
-        tally.into_iter().map(|(c, (v, s))| (c.to_string(), if total > 0.0 { v / total } else { 0.0 }, s)).collect();
-    split.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.2.total_cmp(&a.2)).then(a.0.cmp(&b.0)));
+    let mut split: Vec<(String, f32, f32)> = tally
+        .into_iter()
+        .map(|(c, (v, s))| (c.to_string(), if total > 0.0 { v / total } else { 0.0 }, s))
+        .collect();
+    split.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then(b.2.total_cmp(&a.2))
+            .then(a.0.cmp(&b.0))
+    });
     let confidence = split.first().map_or(0.0, |w| w.1);
-    let category = split.first().filter(|_| voters > 0 && confidence >= cfg.min_confidence).map(|w| w.0.clone());
-    Vote { category, confidence, split: split.into_iter().map(|(c, v, _)| (c, v)).collect(), voters }
+    let category = split
+        .first()
+        .filter(|_| voters > 0 && confidence >= cfg.min_confidence)
+        .map(|w| w.0.clone());
+    Vote {
+        category,
+        confidence,
+        split: split.into_iter().map(|(c, v, _)| (c, v)).collect(),
+        voters,
+    }
 }
 
 #[cfg(test)]
@@ -151,21 +180,53 @@ mod tests {
     #[test]
     fn weighted_thresholds_rules_and_confidence() {
         let n = [("a", 0.9), ("b", 0.3), ("b", 0.3)];
-        let weighted = VoteConfig { mode: VoteMode::Weighted, ..Default::default() };
+        let weighted = VoteConfig {
+            mode: VoteMode::Weighted,
+            ..Default::default()
+        };
         assert_eq!(vote(n, &weighted).category.as_deref(), Some("a"));
-        let thresholded = VoteConfig { min_similarity: 0.5, ..Default::default() };
+        let thresholded = VoteConfig {
+            min_similarity: 0.5,
+            ..Default::default()
+        };
         let v = vote(n, &thresholded);
         assert_eq!((v.category.as_deref(), v.voters), (Some("a"), 1));
-        let relative = VoteConfig { relative_to_best: Some(0.5), ..Default::default() };
+        let relative = VoteConfig {
+            relative_to_best: Some(0.5),
+            ..Default::default()
+        };
         assert_eq!(vote(n, &relative).voters, 1);
         let rules = CategoryRules::parse("b=a", "").unwrap();
-        let v = vote(n, &VoteConfig { rules, ..Default::default() });
+        let v = vote(
+            n,
+            &VoteConfig {
+                rules,
+                ..Default::default()
+            },
+        );
         assert_eq!((v.category.as_deref(), v.confidence), (Some("a"), 1.0));
         let ignore = CategoryRules::parse("", "a").unwrap();
-        assert_eq!(vote(n, &VoteConfig { rules: ignore, ..Default::default() }).category.as_deref(), Some("b"));
-        let strict = VoteConfig { min_confidence: 0.9, ..Default::default() };
+        assert_eq!(
+            vote(
+                n,
+                &VoteConfig {
+                    rules: ignore,
+                    ..Default::default()
+                }
+            )
+            .category
+            .as_deref(),
+            Some("b")
+        );
+        let strict = VoteConfig {
+            min_confidence: 0.9,
+            ..Default::default()
+        };
         assert_eq!(vote(n, &strict).category, None);
-        let k1 = VoteConfig { k: 1, ..Default::default() };
+        let k1 = VoteConfig {
+            k: 1,
+            ..Default::default()
+        };
         assert_eq!(vote(n, &k1).voters, 1);
         assert_eq!(vote([], &VoteConfig::default()).category, None);
         assert!(CategoryRules::parse("oops", "").is_err());

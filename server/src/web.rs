@@ -20,8 +20,16 @@ pub const OUTPUT_NAME: &str = "kadr";
 pub const PKG_DIR: &str = "pkg";
 
 /// Serves the app on `addr` until Ctrl-C or SIGTERM, then lets open requests finish.
-pub async fn serve(addr: SocketAddr, site_root: PathBuf, backend: Arc<dyn Backend>) -> anyhow::Result<()> {
-    if !site_root.join(PKG_DIR).join(format!("{OUTPUT_NAME}.js")).is_file() {
+pub async fn serve(
+    addr: SocketAddr,
+    site_root: PathBuf,
+    backend: Arc<dyn Backend>,
+) -> anyhow::Result<()> {
+    if !site_root
+        .join(PKG_DIR)
+        .join(format!("{OUTPUT_NAME}.js"))
+        .is_file()
+    {
         tracing::warn!(
             "{} has no {PKG_DIR}/{OUTPUT_NAME}.js: pages will render but not hydrate; run scripts/build-web.sh",
             site_root.display()
@@ -59,9 +67,13 @@ pub fn router(site_root: PathBuf, backend: Arc<dyn Backend>) -> Router {
         })
         .nest_service(
             &format!("/{PKG_DIR}"),
-            ServeDir::new(site_root.join(PKG_DIR)).precompressed_gzip().precompressed_br(),
+            ServeDir::new(site_root.join(PKG_DIR))
+                .precompressed_gzip()
+                .precompressed_br(),
         )
-        .fallback(leptos_axum::file_and_error_handler_with_context(context, shell))
+        .fallback(leptos_axum::file_and_error_handler_with_context(
+            context, shell,
+        ))
         .with_state(options)
 }
 

@@ -58,24 +58,48 @@ impl Workspace {
 
     /// Opens the workspace in `home` with a loaded embedder.
     pub fn open_with(home: &Path, embedder: Embedder, kind: IndexKind) -> Result<Self> {
-        std::fs::create_dir_all(home).with_context(|| format!("creating workspace {}", home.display()))?;
+        std::fs::create_dir_all(home)
+            .with_context(|| format!("creating workspace {}", home.display()))?;
         let store = Store::open(&home.join("kadr.sqlite"))?;
-        let safe_id: String =
-            embedder.model_id().chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
+        let safe_id: String = embedder
+            .model_id()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
         let index_path = home.join(format!("index-{safe_id}-{kind:?}.faiss").to_lowercase());
-        let mut ws = Self { store, embedder, index: None, kind, index_path };
+        let mut ws = Self {
+            store,
+            embedder,
+            index: None,
+            kind,
+            index_path,
+        };
         ws.load_or_rebuild_index()?;
         Ok(ws)
     }
 
     fn meta_key(&self) -> String {
-        format!("index:{}", self.index_path.file_name().unwrap_or_default().to_string_lossy())
+        format!(
+            "index:{}",
+            self.index_path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        )
     }
 
     /// Uses the saved index if it matches the store exactly; otherwise rebuilds it.
     fn load_or_rebuild_index(&mut self) -> Result<()> {
         let fingerprint = self.store.fingerprint(self.embedder.model_id())?;
-        if self.index_path.is_file() && self.store.meta(&self.meta_key())?.as_deref() == Some(fingerprint.as_str()) {
+        if self.index_path.is_file()
+            && self.store.meta(&self.meta_key())?.as_deref() == Some(fingerprint.as_str())
+        {
             match VectorIndex::load(&self.index_path, self.kind) {
                 Ok(index) => {
                     self.index = Some(index);
@@ -93,7 +117,12 @@ impl Workspace {
         self.index = if ids.is_empty() {
             None
         } else {
-            Some(VectorIndex::build(self.kind, data.len() / ids.len(), &ids, &data)?)
+            Some(VectorIndex::build(
+                self.kind,
+                data.len() / ids.len(),
+                &ids,
+                &data,
+            )?)
         };
         self.checkpoint()
     }
@@ -132,7 +161,12 @@ impl Workspace {
 
     /// Indexes `files`, a batch at a time; `progress(done)` is called after each batch.
     /// Unreadable files are reported, not fatal.
-    pub fn index_files(&mut self, files: &[LabeledFile], batch: usize, progress: &dyn Fn(usize)) -> Result<IndexReport> {
+    pub fn index_files(
+        &mut self,
+        files: &[LabeledFile],
+        batch: usize,
+        progress: &dyn Fn(usize),
+    ) -> Result<IndexReport> {
         let mut report = IndexReport::default();
         let model = self.embedder.model_id().to_string();
         let spec = self.embedder.preprocess_spec();
@@ -141,7 +175,12 @@ impl Workspace {
             // Read and hash in parallel; the store (one SQLite connection) is asked serially.
             let read: Vec<(String, std::io::Result<Vec<u8>>)> = chunk
                 .par_iter()
-                .map(|f| (f.path.to_string_lossy().into_owned(), std::fs::read(&f.path)))
+                .map(|f| {
+                    (
+                        f.path.to_string_lossy().into_owned(),
+                        std::fs::read(&f.path),
+                    )
+                })
                 .collect();
             let mut rows = Vec::new();
             let mut to_decode = Vec::new();
@@ -223,14 +262,24 @@ impl Workspace {
             return Ok(());
         }
         let (ids, replaced) = self.store.insert_batch(self.embedder.model_id(), rows)?;
-        let data: Vec<f32> = rows.iter().flat_map(|r| r.embedding.iter().copied()).collect();
+        let data: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| r.embedding.iter().copied())
+            .collect();
         match &mut self.index {
             Some(index) if replaced.is_empty() || self.kind.supports_remove() => {
                 index.remove(&replaced).ok();
                 index.add(&ids, &data)?;
             }
             Some(_) => self.rebuild_index()?,
-            None => self.index = Some(VectorIndex::build(self.kind, data.len() / ids.len(), &ids, &data)?),
+            None => {
+                self.index = Some(VectorIndex::build(
+                    self.kind,
+                    data.len() / ids.len(),
+                    &ids,
+                    &data,
+                )?)
+            }
         }
         Ok(())
     }
@@ -258,13 +307,22 @@ impl Workspace {
     /// Embeds decoded-image bytes (any supported format).
     pub fn embed_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         let img = decode(bytes)?;
-        Ok(self.embedder.embed_images(std::slice::from_ref(&img))?.remove(0))
+        Ok(self
+            .embedder
+            .embed_images(std::slice::from_ref(&img))?
+            .remove(0))
     }
 
     /// The `k` most similar indexed images to an embedding.
     pub fn search(&mut self, query: &[f32], k: usize) -> Result<Vec<Neighbour>> {
-        let Some(index) = &mut self.index else { return Ok(Vec::new()) };
-        let hits: Vec<Hit> = index.search(query, k)?.into_iter().next().unwrap_or_default();
+        let Some(index) = &mut self.index else {
+            return Ok(Vec::new());
+        };
+        let hits: Vec<Hit> = index
+            .search(query, k)?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         let ids: Vec<i64> = hits.iter().map(|h| h.id).collect();
         let rows = self.store.rows(&ids)?;
         Ok(hits
