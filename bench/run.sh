@@ -7,8 +7,8 @@
 # Environment:
 #   BENCH_PROFILE  dev (default): `cargo run --example bench_pipeline` on the dev profile, which
 #                  reuses the dev build of FAISS (dependencies and kadr are at opt-level 3; debug
-#                  assertions stay on); release: `cargo bench --bench pipeline` (a second FAISS
-#                  build from source, ~15 minutes the first time).
+#                  assertions stay on); release: the same example with `--release` (a second
+#                  FAISS build from source, ~15 minutes the first time).
 #   BENCH_DATA     comma-separated dataset folders [data/tuxpaint8,data/fashion10k]; the two
 #                  defaults are built with `kadr make-dataset` when missing.
 #   MODEL_PATH     EfficientNet-Lite0 safetensors [models/tf_efficientnet_lite0/model.safetensors,
@@ -50,8 +50,8 @@ fi
 log "cargo build -p kadr"
 cargo build -p kadr
 if [ -z "${BENCH_DATA:-}" ]; then
-  [ -d data/tuxpaint8 ] || target/debug/kadr make-dataset tuxpaint --out data/tuxpaint8
-  [ -d data/fashion10k ] || target/debug/kadr make-dataset fashion-mnist --per-class 1000 --out data/fashion10k
+  [ -d data/tuxpaint8 ] || "${CARGO_TARGET_DIR:-target}/debug/kadr" make-dataset tuxpaint --out data/tuxpaint8
+  [ -d data/fashion10k ] || "${CARGO_TARGET_DIR:-target}/debug/kadr" make-dataset fashion-mnist --per-class 1000 --out data/fashion10k
 fi
 IFS=, read -ra folders <<<"$data"
 
@@ -60,8 +60,8 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 log "load before the run: $(uptime)"
 if [ "$profile" = release ]; then
-  log "kadr: cargo bench -p kadr --bench pipeline (release profile)"
-  BENCH_DATA=$data cargo bench -p kadr --bench pipeline | tee "$out/kadr.jsonl"
+  log "kadr: cargo run --release -p kadr --example bench_pipeline (release profile)"
+  BENCH_DATA=$data cargo run -q --release -p kadr --example bench_pipeline | tee "$out/kadr.jsonl"
 else
   log "kadr: cargo run -p kadr --example bench_pipeline (dev profile: opt-level 3, debug assertions on)"
   BENCH_DATA=$data cargo run -q -p kadr --example bench_pipeline | tee "$out/kadr.jsonl"

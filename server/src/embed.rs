@@ -215,7 +215,7 @@ impl Embedder {
     /// Embeds already-preprocessed CHW data (`n` images), L2-normalised, `max_batch` at a time.
     pub fn embed_preprocessed(&self, data: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
         let spec = self.preprocess_spec();
-        let per = spec.len();
+        let per = spec.numel();
         anyhow::ensure!(
             data.len() == n * per,
             "preprocessed data has the wrong length"

@@ -114,11 +114,11 @@ impl VectorIndex {
     /// The `k` nearest neighbours of each query (row-major queries of `dim`).
     pub fn search(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         anyhow::ensure!(
-            queries.len() % self.dim == 0,
+            queries.len().is_multiple_of(self.dim),
             "query has the wrong dimension"
         );
         let nq = queries.len() / self.dim;
-        if nq == 0 || k == 0 || self.len() == 0 {
+        if nq == 0 || k == 0 || self.is_empty() {
             return Ok(vec![Vec::new(); nq]);
         }
         let res = self.inner.search(queries, k)?;

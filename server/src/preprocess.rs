@@ -49,7 +49,7 @@ impl PreprocessSpec {
     }
 
     /// Number of f32 values one preprocessed image occupies (3 × crop × crop).
-    pub fn len(&self) -> usize {
+    pub fn numel(&self) -> usize {
         3 * (self.crop as usize).pow(2)
     }
 }
@@ -90,7 +90,7 @@ pub fn resize_and_crop(img: &RgbImage, spec: &PreprocessSpec) -> RgbImage {
     image::imageops::crop_imm(&resized, left, top, c, c).to_image()
 }
 
-/// Full preprocessing of one image into CHW f32 (length `spec.len()`).
+/// Full preprocessing of one image into CHW f32 (length `spec.numel()`).
 pub fn preprocess(img: &RgbImage, spec: &PreprocessSpec) -> Vec<f32> {
     let cropped = resize_and_crop(img, spec);
     let n = (spec.crop as usize).pow(2);
@@ -122,7 +122,7 @@ mod tests {
         // A flat image stays flat through a normalised filter.
         assert!(out.pixels().all(|p| p.0 == [10, 20, 30]));
         let x = preprocess(&img, &spec);
-        assert_eq!(x.len(), spec.len());
+        assert_eq!(x.len(), spec.numel());
         assert_eq!(x[0], (10.0 - 127.0) / 128.0);
         assert_eq!(x[224 * 224], (20.0 - 127.0) / 128.0);
     }
