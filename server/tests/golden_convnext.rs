@@ -1,31 +1,13 @@
 //! ConvNeXt against timm on tiny random-weight models, one per block kind (linear MLP as in
 //! tiny…xlarge, conv MLP as in atto…nano), with the config read from the weights alone.
 
-use std::path::PathBuf;
+mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use common::max_abs_diff;
 use kadr::models::convnext::{Config, ConvNeXt};
-
-/// The shared assets folder: `KADR_SHARED`, else `shared/` beside the repository.
-fn shared() -> PathBuf {
-    std::env::var_os("KADR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+use kadr::shared_dir as shared;
 
 fn check(name: &str, conv_mlp: bool) {
     let dev = Device::Cpu;

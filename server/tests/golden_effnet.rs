@@ -1,31 +1,13 @@
 //! EfficientNet-Lite0 against timm: the real weights in `shared/models/`, the two sample photos
 //! preprocessed by the reference pipeline, and timm's pre-logits and logits for them.
 
-use std::path::PathBuf;
+mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use common::max_abs_diff;
 use kadr::models::efficientnet_lite::EfficientNetLite;
-
-/// The shared assets folder: `KADR_SHARED`, else `shared/` beside the repository.
-fn shared() -> PathBuf {
-    std::env::var_os("KADR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+use kadr::shared_dir as shared;
 
 #[test]
 fn efficientnet_lite0_matches_timm() {

