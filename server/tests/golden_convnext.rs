@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use common::max_abs_diff;
 use kadr::models::convnext::{Config, ConvNeXt};
