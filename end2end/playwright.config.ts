@@ -8,7 +8,7 @@ const baseURL = external ?? 'http://127.0.0.1:3055';
 
 export default defineConfig({
   testDir: './tests',
-  timeout: 30_000,
+  timeout: 90_000,
   expect: { timeout: 10_000 },
   fullyParallel: false,
   workers: 1,

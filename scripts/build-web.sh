@@ -52,7 +52,8 @@ fi
 
 # --- npm tools -----------------------------------------------------------------------------
 bin=node_modules/.bin
-if [ ! -x "$bin/wasm-opt" ] || [ ! -x "$bin/tailwindcss" ]; then
+if [ ! -x "$bin/wasm-opt" ] || [ ! -x "$bin/tailwindcss" ] || [ ! -d node_modules/echarts ] \
+  || [ ! -d node_modules/swagger-ui-dist ]; then
   log "npm ci"
   npm ci --no-audit --no-fund
 fi
@@ -75,7 +76,12 @@ log "tailwind"
 if [ -n "$(ls -A public 2>/dev/null)" ]; then
   cp -R public/. "$site/"
 fi
+# Browser libraries from npm, served locally (never a CDN): ECharts draws the dashboard's
+# charming charts, Swagger UI shows the OpenAPI document at /docs/.
+mkdir -p "$site/vendor" "$site/docs"
+cp node_modules/echarts/dist/echarts.min.js "$site/vendor/"
+cp node_modules/swagger-ui-dist/swagger-ui.css node_modules/swagger-ui-dist/swagger-ui-bundle.js "$site/docs/"
 
 # Precompressed copies, served by the server's ServeDir when the browser accepts gzip.
-gzip -9 -k -f "$site/pkg/kadr_bg.wasm" "$site/pkg/kadr.js" "$site/pkg/kadr.css"
+gzip -9 -k -f "$site/pkg/kadr_bg.wasm" "$site/pkg/kadr.js" "$site/pkg/kadr.css" "$site/vendor/echarts.min.js"
 log "built $site: wasm $(stat -c %s "$site/pkg/kadr_bg.wasm") bytes ($(stat -c %s "$site/pkg/kadr_bg.wasm.gz") gzip)"

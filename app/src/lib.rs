@@ -2,28 +2,77 @@
 //!
 //! The same crate is compiled twice: with `ssr` into the server (server functions run there,
 //! against the [`backend::Backend`] the server provides as context), and with `hydrate` to
-//! WASM for the browser. Types shared by both sides live in [`types`]; nothing here touches the
-//! engine directly.
+//! WASM for the browser. Types shared by both sides live in [`types`] (and the vote in
+//! [`vote`]); nothing here touches the engine directly.
+//!
+//! Feature slices, in the order a user meets them: [`analyse`] (upload, tune, results, export),
+//! [`dashboard`] (statistics and evaluation charts), [`dataset`] (what is indexed, jobs).
+//! Server functions are mounted under `/api/v1/`, so they are the REST API as well.
 
-pub mod summary;
+pub mod analyse;
+pub mod charts;
+pub mod dashboard;
+pub mod dataset;
+pub mod errors;
+pub mod tuning;
 pub mod types;
+#[cfg(feature = "hydrate")]
+mod upload;
+pub mod vote;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::{
-    components::{Route, Router, Routes},
-    SsrMode, StaticSegment,
+    components::{Route, Router, Routes, A},
+    path, SsrMode,
 };
 
 /// What the web app needs from the engine; the server implements it and provides it as context.
+/// Methods block (they embed and search): server functions call them through [`blocking`].
 #[cfg(feature = "ssr")]
 pub mod backend {
-    use crate::types::IndexSummary;
+    use crate::errors::ApiError;
+    use crate::types::*;
+    use crate::vote::VoteConfig;
 
-    /// The engine as seen from server functions. Errors are user-facing messages.
-    pub trait Backend: Send + Sync {
-        /// What the index holds: model, image count, images per split and category.
-        fn summary(&self) -> Result<IndexSummary, String>;
+    /// The engine as seen from server functions.
+    pub trait Backend: Send + Sync + 'static {
+        /// Defaults for the tuning controls and the upload.
+        fn defaults(&self) -> UiDefaults;
+        /// What the index holds.
+        fn summary(&self) -> Result<IndexSummary, ApiError>;
+        /// Analyses one uploaded file (cached by content hash).
+        fn analyse(&self, name: &str, bytes: &[u8]) -> FileOutcome;
+        /// Records a file refused before analysis (too large...) and answers its outcome.
+        fn refuse(&self, name: &str, reason: String) -> FileOutcome;
+        /// The analysis of content `hash`: an upload analysed before, or an indexed image.
+        fn analysis(&self, hash: &str) -> Result<Analysis, ApiError>;
+        /// Dashboard figures under a vote configuration.
+        fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError>;
+        /// Starts a background job.
+        fn start_job(&self, req: JobRequest) -> Result<JobStatus, ApiError>;
+        /// One job's progress.
+        fn job(&self, id: u64) -> Result<JobStatus, ApiError>;
+        /// Every job since the server started, newest first.
+        fn jobs(&self) -> Vec<JobStatus>;
+    }
+
+    /// Runs `f` with the backend on tokio's blocking pool, so embedding never stalls the
+    /// async workers that serve other requests.
+    pub async fn blocking<T: Send + 'static>(
+        f: impl FnOnce(&dyn Backend) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        use std::sync::Arc;
+        let backend = leptos::prelude::use_context::<Arc<dyn Backend>>()
+            .ok_or_else(|| ApiError::internal("no backend: the server did not provide one"))?;
+        let result = tokio::task::spawn_blocking(move || f(backend.as_ref()))
+            .await
+            .map_err(|e| ApiError::internal(format!("the engine failed: {e}")))?;
+        // The blocking thread has no response to set the status on; this task does.
+        if let Err(e) = &result {
+            e.set_response_status();
+        }
+        result
     }
 }
 
@@ -35,6 +84,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             <head>
                 <meta charset="utf-8" />
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
+                // ECharts draws the dashboard's charming charts; local file, before hydration.
+                <script defer src="/vendor/echarts.min.js"></script>
                 <AutoReload options=options.clone() />
                 <HydrationScripts options />
                 <MetaTags />
@@ -46,7 +97,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
-/// The application: stylesheet, title and routes.
+/// The application: stylesheet, navigation and routes.
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
@@ -55,10 +106,32 @@ pub fn App() -> impl IntoView {
         <Stylesheet id="kadr" href="/pkg/kadr.css" />
         <Title text="kadr" />
         <Router>
-            <main class="mx-auto max-w-3xl p-6">
-                <Routes fallback=|| view! { <p>"Page not found."</p> }>
-                    // Async: the summary is in the first HTML, so the page works with JS off.
-                    <Route path=StaticSegment("") view=summary::SummaryPage ssr=SsrMode::Async />
+            <nav class="border-b border-slate-200 bg-white">
+                <div class="mx-auto flex max-w-6xl items-center gap-6 px-6 py-3">
+                    <A href="/" attr:class="text-lg font-semibold tracking-tight">
+                        "kadr"
+                    </A>
+                    <A href="/" attr:class="text-sm text-slate-600 hover:text-slate-900">
+                        "Analyse"
+                    </A>
+                    <A href="/dashboard" attr:class="text-sm text-slate-600 hover:text-slate-900">
+                        "Dashboard"
+                    </A>
+                    <A href="/dataset" attr:class="text-sm text-slate-600 hover:text-slate-900">
+                        "Dataset"
+                    </A>
+                    <a href="/docs/" class="ml-auto text-sm text-slate-600 hover:text-slate-900" rel="external">
+                        "API"
+                    </a>
+                </div>
+            </nav>
+            <main class="mx-auto max-w-6xl p-6">
+                <Routes fallback=|| view! { <p data-testid="not-found">"Page not found."</p> }>
+                    <Route path=path!("") view=analyse::AnalysePage ssr=SsrMode::Async />
+                    // Async: the result is in the first HTML, so the page works with JS off.
+                    <Route path=path!("/a/:hash") view=analyse::ResultPage ssr=SsrMode::Async />
+                    <Route path=path!("/dashboard") view=dashboard::DashboardPage ssr=SsrMode::Async />
+                    <Route path=path!("/dataset") view=dataset::DatasetPage ssr=SsrMode::Async />
                 </Routes>
             </main>
         </Router>

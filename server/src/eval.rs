@@ -228,6 +228,62 @@ pub fn write_csv(report: &Report, w: impl std::io::Write) -> Result<()> {
     Ok(())
 }
 
+/// Projects vectors on their first two principal components (power iteration on the centred
+/// data, deflating after the first), for the dashboard's embedding map.
+pub fn pca2(vectors: &[&[f32]]) -> Vec<(f32, f32)> {
+    let n = vectors.len();
+    let Some(d) = vectors.first().map(|v| v.len()) else {
+        return Vec::new();
+    };
+    let mut mean = vec![0f64; d];
+    for v in vectors {
+        for (m, x) in mean.iter_mut().zip(v.iter()) {
+            *m += *x as f64 / n as f64;
+        }
+    }
+    let centred: Vec<Vec<f64>> = vectors
+        .iter()
+        .map(|v| v.iter().zip(&mean).map(|(x, m)| *x as f64 - m).collect())
+        .collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let mut components: Vec<Vec<f64>> = Vec::new();
+    for c in 0..2 {
+        // A fixed, non-degenerate start keeps the map stable between runs.
+        let mut v: Vec<f64> = (0..d).map(|i| 1.0 + ((i * (c + 3)) % 7) as f64).collect();
+        for _ in 0..100 {
+            // w = Xᵀ(X v), with earlier components projected out.
+            let xv: Vec<f64> = centred.iter().map(|row| dot(row, &v)).collect();
+            let mut w = vec![0f64; d];
+            for (row, s) in centred.iter().zip(&xv) {
+                for (wi, ri) in w.iter_mut().zip(row) {
+                    *wi += ri * s;
+                }
+            }
+            for p in &components {
+                let k = dot(&w, p);
+                for (wi, pi) in w.iter_mut().zip(p) {
+                    *wi -= k * pi;
+                }
+            }
+            let norm = dot(&w, &w).sqrt();
+            if norm < 1e-12 {
+                break;
+            }
+            v = w.into_iter().map(|x| x / norm).collect();
+        }
+        components.push(v);
+    }
+    centred
+        .iter()
+        .map(|row| {
+            (
+                dot(row, &components[0]) as f32,
+                dot(row, &components[1]) as f32,
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +342,30 @@ mod tests {
         let q = [item("q", "b", [0.0, 1.0])];
         let r2 = evaluate(&items, Some(&q), &cfg).unwrap();
         assert_eq!(r2.results[0].ap, 1.0);
+    }
+
+    #[test]
+    fn pca_finds_the_spread_directions() {
+        // Points along x (spread 10) and y (spread 1) in 3-D, plus a constant offset.
+        let pts: Vec<Vec<f32>> = (0..20)
+            .map(|i| {
+                let t = i as f32 - 9.5;
+                vec![
+                    5.0 + t,
+                    2.0 + 0.1 * t * if i % 2 == 0 { 1.0 } else { -1.0 },
+                    7.0,
+                ]
+            })
+            .collect();
+        let refs: Vec<&[f32]> = pts.iter().map(|p| p.as_slice()).collect();
+        let xy = super::pca2(&refs);
+        assert_eq!(xy.len(), 20);
+        // The first coordinate follows x exactly (up to sign), and is centred.
+        let sign = (xy[19].0 - xy[0].0).signum();
+        for (p, (x, _)) in pts.iter().zip(&xy) {
+            assert!((sign * x - (p[0] - 5.0)).abs() < 1e-3, "{x} vs {}", p[0]);
+        }
+        assert!(xy.iter().map(|p| p.1.abs()).fold(0.0, f32::max) < 2.0);
+        assert!(super::pca2(&[]).is_empty());
     }
 }

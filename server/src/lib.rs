@@ -1,17 +1,26 @@
 //! kadr's engine, in the order data flows through it:
 //! [`decode`] → [`preprocess`] → [`embed`] (networks in [`models`]) → [`index`] + [`store`]
 //! (tied together by [`workspace`]) → [`vote`] → [`eval`] / [`submit`]; [`dataset`] finds
-//! labelled images on disk, [`config`] reads settings, and [`web`] serves the app.
+//! labelled images on disk, [`config`] reads settings.
+//!
+//! Serving: [`web`] mounts the Leptos app (pages and server functions of the `app` crate) over
+//! [`backend`] (the engine behind the app, with [`history`] of analyses and the jobs), plus the
+//! REST routes of [`api`] described by [`openapi`].
 
+#![recursion_limit = "256"]
+
+pub mod api;
 pub mod backend;
 pub mod config;
 pub mod dataset;
 pub mod decode;
 pub mod embed;
 pub mod eval;
+pub mod history;
 pub mod index;
 pub mod jobs;
 pub mod models;
+pub mod openapi;
 pub mod preprocess;
 pub mod store;
 pub mod submit;

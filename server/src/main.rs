@@ -9,7 +9,6 @@ use kadr::jobs::{eval_folder, index_folder, submit_folder, EvalMode};
 use kadr::vote::{CategoryRules, VoteConfig, VoteMode};
 use kadr::workspace::Workspace;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(
@@ -164,7 +163,7 @@ impl VoteArgs {
             min_similarity: self.min_similarity,
             relative_to_best: self.relative,
             min_confidence: self.min_confidence,
-            rules: CategoryRules::parse(&self.rename, &self.ignore)?,
+            rules: CategoryRules::parse(&self.rename, &self.ignore).map_err(anyhow::Error::msg)?,
         })
     }
 }
@@ -345,17 +344,17 @@ fn run() -> Result<()> {
             let addr = addr.unwrap_or(s.addr.clone());
             let site_root = site_root.unwrap_or(s.site_root.clone());
             let mut ws = Workspace::open(&s)?;
-            for dir in dirs {
-                let (files, r) = index_folder(&mut ws, &dir, batch, &progress_bar("index"))?;
+            for dir in &dirs {
+                let (files, r) = index_folder(&mut ws, dir, batch, &progress_bar("index"))?;
                 report_failures(&r.failed);
                 eprintln!("indexed {}: {} images", dir.display(), files.len());
             }
             let addr: std::net::SocketAddr = addr
                 .parse()
                 .with_context(|| format!("bad listen address {addr:?}"))?;
-            let backend = Arc::new(kadr::backend::EngineBackend::new(Mutex::new(ws)));
+            let backend = kadr::backend::EngineBackend::new(ws, &s, dirs)?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(kadr::web::serve(addr, site_root, backend))?;
+            rt.block_on(kadr::web::serve(addr, site_root, backend, &s.cors_origins))?;
         }
         Command::ImportWeights { wheel, out } => {
             let out =

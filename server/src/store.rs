@@ -212,6 +212,30 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// An indexed image by content hash (the first path with it), with its embedding.
+    pub fn row_by_hash(&self, model: &str, hash: &str) -> Result<Option<(ImageRow, Vec<f32>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, path, hash, split, category, embedding FROM images
+                 WHERE model = ?1 AND hash = ?2 ORDER BY id LIMIT 1",
+                params![model, hash],
+                |r| {
+                    Ok((
+                        ImageRow {
+                            id: r.get(0)?,
+                            path: r.get(1)?,
+                            hash: r.get(2)?,
+                            split: r.get(3)?,
+                            category: r.get(4)?,
+                        },
+                        from_blob(&r.get::<_, Vec<u8>>(5)?),
+                    ))
+                },
+            )
+            .optional()?)
+    }
+
     /// (count, sum of ids) for `model`: a cheap fingerprint of what the index must contain.
     pub fn fingerprint(&self, model: &str) -> Result<String> {
         let (n, s): (i64, i64) = self.conn.query_row(

@@ -3,9 +3,11 @@
 //! and graceful shutdown. Pages, components and server functions live in the `app` crate;
 //! they reach the engine only through the [`Backend`] provided here as context.
 
+use crate::backend::EngineBackend;
 use anyhow::Context;
 use app::backend::Backend;
 use app::{shell, App};
+use axum::http::{HeaderValue, Method};
 use axum::Router;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
@@ -23,7 +25,8 @@ pub const PKG_DIR: &str = "pkg";
 pub async fn serve(
     addr: SocketAddr,
     site_root: PathBuf,
-    backend: Arc<dyn Backend>,
+    backend: EngineBackend,
+    cors_origins: &[String],
 ) -> anyhow::Result<()> {
     if !site_root
         .join(PKG_DIR)
@@ -35,7 +38,19 @@ pub async fn serve(
             site_root.display()
         );
     }
-    let app = router(site_root, backend);
+    let mut app = router(site_root, backend);
+    if !cors_origins.is_empty() {
+        let origins = cors_origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).with_context(|| format!("bad CORS origin {o:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        app = app.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([axum::http::header::CONTENT_TYPE]),
+        );
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -47,8 +62,11 @@ pub async fn serve(
 }
 
 /// The complete router: Leptos pages and server functions with `backend` in their context,
-/// `/pkg` from `site_root/pkg`, other files from `site_root`, and the app's 404 page otherwise.
-pub fn router(site_root: PathBuf, backend: Arc<dyn Backend>) -> Router {
+/// the REST routes of [`crate::api`], `/pkg` from `site_root/pkg`, the API docs UI from
+/// `site_root/docs`, other files from `site_root`, and the app's 404 page otherwise.
+pub fn router(site_root: PathBuf, backend: EngineBackend) -> Router {
+    let api = crate::api::routes(backend.clone());
+    let backend: Arc<dyn Backend> = Arc::new(backend);
     // Built in code so that no Cargo.toml metadata or LEPTOS_* variables are read at runtime.
     let options = LeptosOptions::builder()
         .output_name(OUTPUT_NAME)
@@ -65,6 +83,12 @@ pub fn router(site_root: PathBuf, backend: Arc<dyn Backend>) -> Router {
             let options = options.clone();
             move || shell(options.clone())
         })
+        .merge(api)
+        .route(
+            "/docs",
+            axum::routing::get(|| async { axum::response::Redirect::permanent("/docs/") }),
+        )
+        .nest_service("/docs/", ServeDir::new(site_root.join("docs")))
         .nest_service(
             &format!("/{PKG_DIR}"),
             ServeDir::new(site_root.join(PKG_DIR))

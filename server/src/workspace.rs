@@ -35,6 +35,8 @@ pub struct IndexReport {
 pub struct Neighbour {
     pub id: i64,
     pub path: String,
+    /// Content hash of the image file.
+    pub hash: String,
     pub split: String,
     pub category: String,
     pub score: f32,
@@ -331,6 +333,7 @@ impl Workspace {
                 rows.get(&h.id).map(|r: &ImageRow| Neighbour {
                     id: h.id,
                     path: r.path.clone(),
+                    hash: r.hash.clone(),
                     split: r.split.clone(),
                     category: r.category.clone(),
                     score: h.score,

@@ -1,0 +1,230 @@
+//! Dashboard: what has been analysed (categories voted, confidence, time per stage, throughput,
+//! refused files) and, once a dataset has been evaluated, how good the index is (MAP@10 per
+//! category, confusion matrix, the worst queries, a 2-D map of the embeddings).
+//!
+//! Server function: `GET /api/v1/stats` with the tuning parameters of the page URL.
+
+use crate::analyse::ErrorBox;
+use crate::charts::{bars, confusion, embedding_map, line, EChart};
+use crate::errors::ApiError;
+use crate::tuning::use_tuning;
+use crate::types::*;
+use leptos::prelude::*;
+use leptos::server_fn::codec::GetUrl;
+
+/// Dashboard figures; votes are counted under the given tuning (URL names, all optional).
+#[server(prefix = "/api/v1", endpoint = "stats", input = GetUrl)]
+pub async fn get_stats(
+    t: Option<f32>,
+    rel: Option<bool>,
+    conf: Option<f32>,
+    k: Option<usize>,
+    mode: Option<String>,
+    rename: Option<String>,
+    ignore: Option<String>,
+) -> Result<Stats, ApiError> {
+    use crate::backend::blocking;
+    let defaults = blocking(|b| Ok(b.defaults().tuning)).await?;
+    if let Some(m) = &mode {
+        m.parse::<crate::vote::VoteMode>()
+            .map_err(|e| ApiError::invalid("mode", e))?;
+    }
+    let tuning = Tuning::from_query(
+        |key| match key {
+            "t" => t.map(|v| v.to_string()),
+            "rel" => rel.map(|v| u8::from(v).to_string()),
+            "conf" => conf.map(|v| v.to_string()),
+            "k" => k.map(|v| v.to_string()),
+            "mode" => mode.clone(),
+            "rename" => rename.clone(),
+            "ignore" => ignore.clone(),
+            _ => None,
+        },
+        &defaults,
+    );
+    let cfg = tuning.validate()?;
+    blocking(move |b| b.stats(&cfg)).await
+}
+
+/// `/dashboard`.
+#[component]
+pub fn DashboardPage() -> impl IntoView {
+    let defaults = Resource::new(|| (), |_| crate::analyse::get_defaults());
+    view! {
+        <h1 class="mb-4 text-xl font-semibold">"Dashboard"</h1>
+        <Suspense fallback=|| view! { <p>"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match defaults.await {
+                    Ok(d) => view! { <Dashboard defaults=d /> }.into_any(),
+                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn Dashboard(defaults: UiDefaults) -> impl IntoView {
+    let tuning = use_tuning(defaults.tuning);
+    let stats = Resource::new(
+        move || tuning.get(),
+        |t| {
+            get_stats(
+                Some(t.threshold),
+                Some(t.relative),
+                Some(t.min_confidence),
+                Some(t.k),
+                Some(t.mode.as_str().to_string()),
+                Some(t.rename),
+                Some(t.ignore),
+            )
+        },
+    );
+    view! {
+        <Suspense fallback=|| view! { <p>"Loading statistics…"</p> }>
+            {move || Suspend::new(async move {
+                match stats.await {
+                    Ok(s) => view! { <StatsView stats=s /> }.into_any(),
+                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+fn card(title: &'static str, body: impl IntoView) -> impl IntoView {
+    view! {
+        <section class="rounded-lg border border-slate-200 bg-white p-4">
+            <h2 class="mb-2 text-sm font-semibold">{title}</h2>
+            {body}
+        </section>
+    }
+}
+
+#[component]
+fn StatsView(stats: Stats) -> impl IntoView {
+    let t = &stats.mean_timings;
+    let stage_labels = vec![
+        "decode".to_string(),
+        "embed".into(),
+        "search".into(),
+        "text".into(),
+    ];
+    let stage_values = vec![
+        t.decode_ms as f64,
+        t.embed_ms as f64,
+        t.search_ms as f64,
+        t.text_ms as f64,
+    ];
+    let (cat_labels, cat_values): (Vec<String>, Vec<f64>) = stats
+        .categories
+        .iter()
+        .map(|c| (c.label.clone(), c.count as f64))
+        .unzip();
+    let hist_labels: Vec<String> = (0..stats.confidence_histogram.len())
+        .map(|i| format!("{:.1}–{:.1}", i as f32 / 10.0, (i + 1) as f32 / 10.0))
+        .collect();
+    let hist_values: Vec<f64> = stats
+        .confidence_histogram
+        .iter()
+        .map(|&n| n as f64)
+        .collect();
+    let (tp_labels, tp_values): (Vec<String>, Vec<f64>) = stats
+        .throughput
+        .iter()
+        .map(|c| (c.label.clone(), c.count as f64))
+        .unzip();
+    let errors = stats.errors.clone();
+
+    view! {
+        <p class="mb-4 text-sm text-slate-600">
+            <span data-testid="analysed-count">{stats.analyses}</span>
+            " images analysed. Votes counted with the tuning in this page's URL."
+        </p>
+        <div class="grid gap-4 md:grid-cols-2">
+            {card("Voted categories", view! { <EChart id="chart-categories" chart=bars(cat_labels, cat_values, "images") /> })}
+            {card("Vote confidence", view! { <EChart id="chart-confidence" chart=bars(hist_labels, hist_values, "images") /> })}
+            {card("Mean time per stage (ms)", view! { <EChart id="chart-stages" chart=bars(stage_labels, stage_values, "ms") /> })}
+            {card("Throughput (images per minute)", view! { <EChart id="chart-throughput" chart=line(tp_labels, tp_values, "images") /> })}
+            {card(
+                "Refused files",
+                view! {
+                    <table class="w-full text-sm" data-testid="errors">
+                        <tbody>
+                            {if errors.is_empty() {
+                                view! { <tr><td class="text-slate-500">"None so far."</td></tr> }.into_any()
+                            } else {
+                                errors
+                                    .into_iter()
+                                    .map(|e| view! { <tr><td>{e.label}</td><td class="text-right tabular-nums">{e.count}</td></tr> })
+                                    .collect_view()
+                                    .into_any()
+                            }}
+                        </tbody>
+                    </table>
+                },
+            )}
+        </div>
+        {match stats.eval {
+            Some(eval) => view! { <EvalSection eval /> }.into_any(),
+            None => {
+                view! {
+                    <p class="mt-6 text-sm text-slate-600" data-testid="no-eval">
+                        "No evaluation yet: run one from the " <a class="text-sky-700 underline" href="/dataset">"dataset page"</a>
+                        " or with " <code>"kadr eval"</code> "."
+                    </p>
+                }
+                    .into_any()
+            }
+        }}
+    }
+}
+
+#[component]
+fn EvalSection(eval: EvalView) -> impl IntoView {
+    let (cat_labels, maps): (Vec<String>, Vec<f64>) = eval
+        .per_category
+        .iter()
+        .map(|c| (c.category.clone(), c.map_at_10))
+        .unzip();
+    let mut predicted = eval.confusion_labels.clone();
+    predicted.push("(none)".into());
+    let heat = confusion(eval.confusion_labels.clone(), predicted, &eval.confusion);
+    let map = embedding_map(&eval.map);
+    view! {
+        <h2 class="mb-2 mt-8 text-lg font-semibold">"Evaluation"</h2>
+        <p class="mb-4 text-sm text-slate-600" data-testid="eval-headline">
+            {format!(
+                "{} · {} images · {} · {}: MAP@10 {:.4}, vote accuracy {:.4}",
+                eval.folder, eval.images, eval.mode, eval.model, eval.map_at_10, eval.vote_accuracy
+            )}
+        </p>
+        <div class="grid gap-4 md:grid-cols-2">
+            {card("MAP@10 per category", view! { <EChart id="chart-map" chart=bars(cat_labels, maps, "MAP@10") /> })}
+            {card("Confusion matrix", view! { <EChart id="chart-confusion" chart=heat height=360 /> })}
+            {card("Embedding map (PCA)", view! { <EChart id="chart-embedding" chart=map height=420 /> })}
+            {card(
+                "Worst queries",
+                view! {
+                    <ul class="grid grid-cols-4 gap-2 text-xs" data-testid="worst">
+                        {eval
+                            .worst
+                            .into_iter()
+                            .map(|w| {
+                                view! {
+                                    <li>
+                                        <a href=format!("/a/{}", w.hash) title=w.path.clone()>
+                                            <img src=format!("/img/{}?size=thumb", w.hash) loading="lazy" alt=w.path.clone() class="aspect-square w-full rounded object-cover" />
+                                        </a>
+                                        <p class="truncate">{w.category.clone()} " → " {w.predicted.clone().unwrap_or_else(|| "none".into())}</p>
+                                        <p class="text-slate-500">{format!("AP {:.2}", w.ap)}</p>
+                                    </li>
+                                }
+                            })
+                            .collect_view()}
+                    </ul>
+                },
+            )}
+        </div>
+    }
+}

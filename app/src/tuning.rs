@@ -1,0 +1,268 @@
+//! Tuning: the settings that turn neighbours into matches and a category, kept in the page URL
+//! so a view can be shared. The panel is a plain GET form (works with JavaScript off: "Apply"
+//! reloads the page); once hydrated every change rewrites the URL at once and the results on
+//! screen re-rank in the browser, without searching again.
+
+use crate::types::{Tuning, MAX_K};
+use leptos::prelude::*;
+use leptos_router::{
+    hooks::{use_location, use_navigate, use_query_map},
+    NavigateOptions,
+};
+
+/// The tuning in the current URL, falling back to `defaults` field by field.
+pub fn use_tuning(defaults: Tuning) -> Memo<Tuning> {
+    let query = use_query_map();
+    Memo::new(move |_| query.with(|q| Tuning::from_query(|k| q.get(k), &defaults)))
+}
+
+/// The tuning controls.
+#[component]
+pub fn TuningPanel(tuning: Memo<Tuning>) -> impl IntoView {
+    let navigate = use_navigate();
+    let location = use_location();
+    // Rewrites the URL with one field changed; the memo above picks it up.
+    let update = move |change: &dyn Fn(&mut Tuning)| {
+        let mut t = tuning.get_untracked();
+        change(&mut t);
+        navigate(
+            &format!("{}?{}", location.pathname.get_untracked(), t.to_query()),
+            NavigateOptions {
+                replace: true,
+                scroll: false,
+                ..Default::default()
+            },
+        );
+    };
+    let value = |ev: &leptos::ev::Event| event_target_value(ev);
+    let num = move |ev: &leptos::ev::Event| value(ev).trim().parse::<f32>().ok();
+    let error = move || tuning.get().validate().err();
+    let input_class = "w-full rounded border border-slate-300 px-2 py-1 text-sm";
+    let label_class = "block text-xs font-medium uppercase tracking-wide text-slate-500";
+
+    // Without JavaScript "Apply" submits the form (a page load with the new query). Once
+    // hydrated, a submission (Enter in a field) must not reload the page and lose what is on
+    // screen: the URL is rewritten from the form's fields instead.
+    let on_submit = {
+        let navigate = use_navigate();
+        let location = use_location();
+        move |ev: leptos::ev::SubmitEvent| {
+            ev.prevent_default();
+            #[cfg(feature = "hydrate")]
+            {
+                use wasm_bindgen::JsCast;
+                let Some(form) = ev
+                    .target()
+                    .and_then(|t| t.dyn_into::<web_sys::HtmlFormElement>().ok())
+                else {
+                    return;
+                };
+                let Ok(data) = web_sys::FormData::new_with_form(&form) else {
+                    return;
+                };
+                let t = Tuning::from_query(|k| data.get(k).as_string(), &tuning.get_untracked());
+                navigate(
+                    &format!("{}?{}", location.pathname.get_untracked(), t.to_query()),
+                    NavigateOptions {
+                        replace: true,
+                        scroll: false,
+                        ..Default::default()
+                    },
+                );
+            }
+            #[cfg(not(feature = "hydrate"))]
+            let _ = (&navigate, &location);
+        }
+    };
+
+    view! {
+        <form
+            method="get"
+            class="space-y-3 rounded-lg border border-slate-200 bg-white p-4"
+            data-testid="tuning"
+            on:submit=on_submit
+        >
+            <h2 class="text-sm font-semibold">"Tuning"</h2>
+            <div>
+                <label class=label_class for="t">"Similarity threshold"</label>
+                <div class="flex items-center gap-2">
+                    <input
+                        type="range"
+                        min="0"
+                        max="1"
+                        step="0.01"
+                        class="flex-1"
+                        aria-label="Similarity threshold slider"
+                        prop:value=move || tuning.get().threshold.to_string()
+                        on:input={
+                            let update = update.clone();
+                            move |ev| {
+                                if let Some(v) = num(&ev) {
+                                    update(&|t| t.threshold = v)
+                                }
+                            }
+                        }
+                    />
+                    <input
+                        id="t"
+                        name="t"
+                        type="number"
+                        min="-1"
+                        max="1"
+                        step="0.01"
+                        class="w-20 rounded border border-slate-300 px-2 py-1 text-sm"
+                        data-testid="threshold"
+                        prop:value=move || tuning.get().threshold.to_string()
+                        on:change={
+                            let update = update.clone();
+                            move |ev| {
+                                if let Some(v) = num(&ev) {
+                                    update(&|t| t.threshold = v)
+                                }
+                            }
+                        }
+                    />
+                </div>
+                <select
+                    name="rel"
+                    class="mt-1 w-full rounded border border-slate-300 px-2 py-1 text-sm"
+                    data-testid="relative"
+                    on:change={
+                        let update = update.clone();
+                        move |ev| {
+                            let rel = value(&ev) == "1";
+                            update(&|t| t.relative = rel)
+                        }
+                    }
+                >
+                    <option value="0" selected=move || !tuning.get().relative>
+                        "absolute (cosine similarity)"
+                    </option>
+                    <option value="1" selected=move || tuning.get().relative>
+                        "relative to the best match"
+                    </option>
+                </select>
+            </div>
+            <div>
+                <label class=label_class for="conf">"Minimum confidence"</label>
+                <input
+                    id="conf"
+                    name="conf"
+                    type="number"
+                    min="0"
+                    max="1"
+                    step="0.05"
+                    class=input_class
+                    data-testid="min-confidence"
+                    prop:value=move || tuning.get().min_confidence.to_string()
+                    on:change={
+                        let update = update.clone();
+                        move |ev| {
+                            if let Some(v) = num(&ev) {
+                                update(&|t| t.min_confidence = v)
+                            }
+                        }
+                    }
+                />
+            </div>
+            <div class="grid grid-cols-2 gap-2">
+                <div>
+                    <label class=label_class for="k">"Neighbours (k)"</label>
+                    <input
+                        id="k"
+                        name="k"
+                        type="number"
+                        min="1"
+                        max=MAX_K
+                        class=input_class
+                        data-testid="k"
+                        prop:value=move || tuning.get().k.to_string()
+                        on:change={
+                            let update = update.clone();
+                            move |ev| {
+                                if let Ok(v) = value(&ev).trim().parse::<usize>() {
+                                    update(&|t| t.k = v)
+                                }
+                            }
+                        }
+                    />
+                </div>
+                <div>
+                    <label class=label_class for="mode">"Vote"</label>
+                    <select
+                        id="mode"
+                        name="mode"
+                        class=input_class
+                        data-testid="mode"
+                        on:change={
+                            let update = update.clone();
+                            move |ev| {
+                                if let Ok(m) = value(&ev).parse() {
+                                    update(&|t| t.mode = m)
+                                }
+                            }
+                        }
+                    >
+                        <option value="majority" selected=move || tuning.get().mode.as_str() == "majority">
+                            "majority"
+                        </option>
+                        <option value="weighted" selected=move || tuning.get().mode.as_str() == "weighted">
+                            "similarity-weighted"
+                        </option>
+                    </select>
+                </div>
+            </div>
+            <div>
+                <label class=label_class for="rename">"Rename / merge categories"</label>
+                <input
+                    id="rename"
+                    name="rename"
+                    type="text"
+                    placeholder="fruit=food,vegetables=food"
+                    class=input_class
+                    data-testid="rename"
+                    prop:value=move || tuning.get().rename
+                    on:change={
+                        let update = update.clone();
+                        move |ev| {
+                            let v = value(&ev);
+                            update(&|t| t.rename = v.clone())
+                        }
+                    }
+                />
+            </div>
+            <div>
+                <label class=label_class for="ignore">"Ignore categories"</label>
+                <input
+                    id="ignore"
+                    name="ignore"
+                    type="text"
+                    placeholder="insects,birds"
+                    class=input_class
+                    data-testid="ignore"
+                    prop:value=move || tuning.get().ignore
+                    on:change={
+                        let update = update.clone();
+                        move |ev| {
+                            let v = value(&ev);
+                            update(&|t| t.ignore = v.clone())
+                        }
+                    }
+                />
+            </div>
+            {move || {
+                error()
+                    .map(|e| {
+                        view! {
+                            <p class="text-sm text-red-700" data-testid="tuning-error">
+                                {format!("{}: {}", e.field, e.message)}
+                            </p>
+                        }
+                    })
+            }}
+            <button type="submit" class="rounded bg-slate-800 px-3 py-1 text-sm text-white hover:bg-slate-700">
+                "Apply"
+            </button>
+        </form>
+    }
+}

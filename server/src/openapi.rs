@@ -1,0 +1,209 @@
+//! The OpenAPI 3.1 document of the REST API (`/api/openapi.json`, shown at `/docs`). Schemas
+//! are generated from the shared Rust types (`schemars`), so the document cannot drift from
+//! what the server sends; the paths are listed here, next to each other, by hand.
+
+use app::errors::ApiError;
+use app::types::*;
+use schemars::{generate::SchemaSettings, JsonSchema, SchemaGenerator};
+use serde_json::{json, Value};
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
+    serde_json::to_value(g.subschema_for::<T>()).unwrap_or(Value::Null)
+}
+
+fn query(name: &str, description: &str, ty: Value, required: bool) -> Value {
+    json!({ "name": name, "in": "query", "required": required, "description": description, "schema": ty })
+}
+
+/// The tuning parameters every ranking endpoint takes (the page URL's names).
+fn tuning_params() -> Vec<Value> {
+    vec![
+        query(
+            "t",
+            "similarity threshold (absolute cosine, or a fraction of the best hit's)",
+            json!({"type": "number", "minimum": -1, "maximum": 1}),
+            false,
+        ),
+        query(
+            "rel",
+            "1: threshold relative to the best hit",
+            json!({"type": "string", "enum": ["0", "1", "true", "false"]}),
+            false,
+        ),
+        query(
+            "conf",
+            "minimum vote confidence",
+            json!({"type": "number", "minimum": 0, "maximum": 1}),
+            false,
+        ),
+        query(
+            "k",
+            "neighbours shown and voting",
+            json!({"type": "integer", "minimum": 1, "maximum": MAX_K}),
+            false,
+        ),
+        query(
+            "mode",
+            "vote mode",
+            json!({"type": "string", "enum": ["majority", "weighted"]}),
+            false,
+        ),
+        query(
+            "rename",
+            "category renames, from=to,from2=to",
+            json!({"type": "string", "maxLength": MAX_RULES_LEN}),
+            false,
+        ),
+        query(
+            "ignore",
+            "categories that do not vote, a,b",
+            json!({"type": "string", "maxLength": MAX_RULES_LEN}),
+            false,
+        ),
+    ]
+}
+
+fn ok(description: &str, content_type: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { content_type: { "schema": schema } } })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut g = SchemaSettings::openapi3()
+        .with(|s| s.definitions_path = "#/components/schemas/".into())
+        .into_generator();
+    let error = schema::<ApiError>(&mut g);
+    let analysis = schema::<Analysis>(&mut g);
+    let outcomes = schema::<Vec<FileOutcome>>(&mut g);
+    let defaults = schema::<UiDefaults>(&mut g);
+    let summary = schema::<IndexSummary>(&mut g);
+    let stats = schema::<Stats>(&mut g);
+    let job = schema::<JobStatus>(&mut g);
+    let jobs = schema::<Vec<JobStatus>>(&mut g);
+    let job_request = schema::<JobRequest>(&mut g);
+    let status = schema::<ServerStatus>(&mut g);
+    let errors = |codes: &[u16]| -> Value {
+        let mut m = serde_json::Map::new();
+        for c in codes {
+            m.insert(
+                c.to_string(),
+                ok("error", "application/json", error.clone()),
+            );
+        }
+        Value::Object(m)
+    };
+    let with = |mut base: Value, extra: Value| {
+        if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        base
+    };
+    let hash_param = query(
+        "hash",
+        "content hash (blake3, 64 hex characters)",
+        json!({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}),
+        true,
+    );
+    let hashes_param = query(
+        "hashes",
+        "comma-separated content hashes of analyses",
+        json!({"type": "string"}),
+        true,
+    );
+    let mut export_params = vec![hashes_param];
+    export_params.extend(tuning_params());
+    let csv = json!({"type": "string"});
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "kadr",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Image classification and similar-image search. Analyse images, search the index, read statistics, export results and run index jobs. Errors are JSON {status, message, field}."
+        },
+        "paths": {
+            "/api/v1/analyse": { "post": {
+                "summary": "Analyse images: similar indexed images, voted category, text",
+                "description": "multipart/form-data with one or more image files (any field name). Refused files (not an image, too large, corrupt) get an error each; the others are analysed. Results are cached by content hash.",
+                "requestBody": { "required": true, "content": { "multipart/form-data": { "schema": {
+                    "type": "object", "properties": { "files": { "type": "array", "items": { "type": "string", "format": "binary" } } }
+                } } } },
+                "responses": with(json!({ "200": ok("one outcome per file, in order", "application/json", outcomes) }), errors(&[400, 413, 422, 500]))
+            }},
+            "/api/v1/analysis": { "get": {
+                "summary": "One analysis by content hash (an upload or an indexed image)",
+                "parameters": [hash_param],
+                "responses": with(json!({ "200": ok("the analysis, with the top hits", "application/json", analysis) }), errors(&[404, 422, 500]))
+            }},
+            "/api/v1/settings": { "get": {
+                "summary": "Server defaults for tuning and uploads",
+                "responses": with(json!({ "200": ok("defaults", "application/json", defaults) }), errors(&[500]))
+            }},
+            "/api/v1/summary": { "get": {
+                "summary": "What the index holds per split and category",
+                "responses": with(json!({ "200": ok("summary", "application/json", summary) }), errors(&[500]))
+            }},
+            "/api/v1/stats": { "get": {
+                "summary": "Dashboard statistics, votes counted under the given tuning",
+                "parameters": tuning_params(),
+                "responses": with(json!({ "200": ok("statistics", "application/json", stats) }), errors(&[422, 500]))
+            }},
+            "/api/v1/jobs": { "post": {
+                "summary": "Start a job: add a dataset folder, re-index, evaluate",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["request"], "properties": { "request": job_request }
+                } } } },
+                "responses": with(json!({ "200": ok("the started job", "application/json", job.clone()) }), errors(&[403, 409, 422, 500]))
+            }},
+            "/api/v1/job": { "get": {
+                "summary": "A job's progress",
+                "parameters": [query("id", "job id", json!({"type": "integer", "minimum": 0}), true)],
+                "responses": with(json!({ "200": ok("the job", "application/json", job) }), errors(&[404, 422, 500]))
+            }},
+            "/api/v1/job-list": { "get": {
+                "summary": "Every job since the server started, newest first",
+                "responses": with(json!({ "200": ok("jobs", "application/json", jobs) }), errors(&[500]))
+            }},
+            "/api/v1/export.csv": { "get": {
+                "summary": "CSV of analyses under a tuning: every field of the results view",
+                "parameters": export_params.clone(),
+                "responses": with(json!({ "200": ok("CSV", "text/csv", csv.clone()) }), errors(&[404, 422, 500]))
+            }},
+            "/api/v1/submission.csv": { "get": {
+                "summary": "Competition-style submission CSV for analyses: image, category, confidence, neighbour_1..10, score_1..10",
+                "parameters": export_params,
+                "responses": with(json!({ "200": ok("CSV", "text/csv", csv) }), errors(&[404, 422, 500]))
+            }},
+            "/img/{hash}": { "get": {
+                "summary": "An analysed or indexed image by content hash, or its JPEG thumbnail",
+                "parameters": [
+                    { "name": "hash", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"} },
+                    query("size", "thumb for a 256 px JPEG", json!({"type": "string", "enum": ["thumb", "full"]}), false)
+                ],
+                "responses": with(json!({ "200": { "description": "image bytes", "content": { "image/*": { "schema": {"type": "string", "format": "binary"} } } } }), errors(&[404, 422, 500]))
+            }},
+            "/status": { "get": {
+                "summary": "Version, model, device, index size, uptime",
+                "responses": with(json!({ "200": ok("status", "application/json", status) }), errors(&[500]))
+            }}
+        },
+        "components": { "schemas": g.take_definitions(true) }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn document_resolves_every_reference() {
+        let doc = super::document();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for name in ["Analysis", "ApiError", "Stats", "JobStatus", "FileOutcome"] {
+            assert!(schemas.contains_key(name), "{name} missing");
+        }
+        for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = &r[..r.find('"').unwrap()];
+            assert!(schemas.contains_key(name), "dangling $ref {name}");
+        }
+    }
+}
