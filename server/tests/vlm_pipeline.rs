@@ -1,0 +1,154 @@
+//! End-to-end test of `Qwen2Vl::load` + `caption` + `zero_shot` on the tiny golden weights with
+//! a small word-level tokenizer whose special tokens sit at the tiny config's ids.
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+use kadr::vlm::processor::Qwen2Vl;
+use kadr::vlm::qwen2vl::LabelScore;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+const WORDS: &[&str] = &[
+    "system",
+    "You",
+    "are",
+    "a",
+    "helpful",
+    "assistant",
+    ".",
+    "user",
+    "Describe",
+    "this",
+    "image",
+    "in",
+    "one",
+    "sentence",
+    "What",
+    "is",
+    "?",
+    "Answer",
+    "with",
+    "category",
+    "cat",
+    "dog",
+    "red",
+    "car",
+];
+
+fn tokenizer_json() -> String {
+    let specials = [
+        (247, "<|im_start|>"),
+        (248, "<|im_end|>"),
+        (249, "<|endoftext|>"),
+        (250, "<|image_pad|>"),
+        (252, "<|vision_start|>"),
+        (253, "<|vision_end|>"),
+    ];
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("[UNK]".into(), 0.into());
+    for (i, w) in WORDS.iter().enumerate() {
+        vocab.insert(w.to_string(), (10 + i).into());
+    }
+    for (id, t) in specials {
+        vocab.insert(t.into(), id.into());
+    }
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .map(|(id, t)| {
+            serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    })
+    .to_string()
+}
+
+/// A model folder in hub layout built from the golden file.
+fn model_dir() -> PathBuf {
+    let root = kadr::shared_dir();
+    let golden = PathBuf::from(root).join("golden");
+    let dir = std::env::temp_dir().join(format!("qwen2vl-tiny-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = candle_core::safetensors::load(golden.join("qwen2vl_tiny.safetensors"), &Device::Cpu)
+        .unwrap();
+    let weights: HashMap<String, Tensor> = all
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("weights.").map(|k| (k.to_string(), v)))
+        .collect();
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("qwen2vl_tiny.json")).unwrap())
+            .unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        json["config_json_like_hub"].to_string(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).unwrap();
+    dir
+}
+
+fn image(seed: u32, w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            ((x * 7 + seed) % 256) as u8,
+            ((y * 5 + seed * 3) % 256) as u8,
+            ((x + y + seed) % 256) as u8,
+        ])
+    })
+}
+
+#[test]
+fn load_caption_zero_shot() {
+    let dir = model_dir();
+    let mut vl = Qwen2Vl::load(&dir, &Device::Cpu, DType::F32).unwrap();
+
+    // Prompt layout: chat template with the image pads expanded (60x50 -> 56x56 -> 4 tokens).
+    let img = image(1, 60, 50);
+    let p = vl.prompt(&img, "What is in this image?").unwrap();
+    let ids = &p.input_ids;
+    assert_eq!(ids[0], 247);
+    let vs = ids.iter().position(|&t| t == 252).unwrap();
+    assert_eq!(&ids[vs + 1..vs + 6], &[250, 250, 250, 250, 253]);
+    assert_eq!(ids.iter().filter(|&&t| t == 250).count(), 4);
+    assert_eq!(&ids[ids.len() - 3..], &[248, 247, 10 + 5]); // <|im_end|> <|im_start|> assistant
+
+    // Captions in one batch of different image sizes equal captions made one by one.
+    let imgs = vec![image(1, 60, 50), image(2, 120, 90), image(3, 448, 448)];
+    let batched = vl.caption(&imgs, 6).unwrap();
+    vl.max_batch = 1;
+    let single = vl.caption(&imgs, 6).unwrap();
+    println!("captions: {batched:?}");
+    assert_eq!(batched, single);
+    assert_eq!(batched.len(), 3);
+
+    // Zero-shot: probabilities over labels, from the model's scores.
+    let labels: Vec<String> = ["cat", "dog", "red car"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let res = vl.zero_shot(&img, &labels).unwrap();
+    println!("zero-shot: {res:?}");
+    assert_eq!(res.len(), 3);
+    assert_eq!(res[2].0, "red car");
+    let total: f32 = res.iter().map(|r| r.1).sum();
+    assert!((total - 1.0).abs() < 1e-5);
+    let label_ids = vec![vec![30, 248], vec![31, 248], vec![32, 33, 248]];
+    let direct = vl
+        .model
+        .classify(&p_zero_shot(&vl, &img), &label_ids, LabelScore::Sum, 8)
+        .unwrap();
+    for (r, d) in res.iter().zip(direct) {
+        assert!((r.1 - d).abs() < 1e-6);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn p_zero_shot(vl: &Qwen2Vl, img: &RgbImage) -> kadr::vlm::qwen2vl::Prompt {
+    vl.prompt(img, &vl.zero_shot_prompt).unwrap()
+}
