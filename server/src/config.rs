@@ -13,6 +13,9 @@ pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
 pub const DEFAULT_MIN_SIMILARITY: f32 = 0.0;
 /// Address `kadr serve` listens on.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+/// Text model folder under `MODELS_DIR` (setup.sh unpacks it from PyPI), and its hub repository.
+pub const DEFAULT_TEXT_MODEL: &str = "all-minilm-l6-v2";
+pub const DEFAULT_TEXT_MODEL_HUB: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 /// Settings shared by every subcommand.
 #[derive(Debug, Clone)]
@@ -36,6 +39,9 @@ pub struct Settings {
     pub site_root: PathBuf,
     /// Listen address for `kadr serve` (`ADDR`).
     pub addr: String,
+    /// Sentence-transformers folder (`TEXT_MODEL_PATH`); when unset, `MODELS_DIR/all-minilm-l6-v2`,
+    /// then the hub.
+    pub text_model_path: Option<PathBuf>,
 }
 
 impl Settings {
@@ -67,6 +73,7 @@ impl Settings {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "target/site".into()),
             addr: var("ADDR").unwrap_or_else(|| DEFAULT_ADDR.to_string()),
+            text_model_path: var("TEXT_MODEL_PATH").map(PathBuf::from),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! kadr's engine, in the order data flows through it:
-//! [`decode`] → [`preprocess`] → [`embed`] (networks in [`models`]) → [`index`] + [`store`]
-//! (tied together by [`workspace`]) → [`vote`] → [`eval`] / [`submit`]; [`dataset`] finds
-//! labelled images on disk, [`config`] reads settings, and [`web`] serves the app.
+//! [`decode`] → [`preprocess`] → [`embed`] (networks in [`models`]; [`text`] embeds text) →
+//! [`index`] + [`store`] (tied together by [`workspace`]) → [`vote`] → [`eval`] / [`submit`];
+//! [`dataset`] finds labelled images on disk, [`config`] reads settings, and [`web`] serves
+//! the app.
 
 pub mod backend;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod models;
 pub mod preprocess;
 pub mod store;
 pub mod submit;
+pub mod text;
 pub mod vote;
 pub mod web;
 pub mod workspace;
