@@ -43,6 +43,14 @@ pub fn image_text(labels: &[&str]) -> Option<String> {
     (!labels.is_empty()).then(|| labels.join(", "))
 }
 
+/// Checks a fusion weight: `w` is the visual share, 0–1.
+pub fn check_weight(w: f32) -> Result<()> {
+    if !(0.0..=1.0).contains(&w) {
+        bail!("a fusion weight is the visual share, within 0..1, not {w}");
+    }
+    Ok(())
+}
+
 /// `normalise(concat(w·visual, (1−w)·text))`, both parts L2-normalised first.
 pub fn fuse(visual: &[f32], text: &[f32], w: f32) -> Vec<f32> {
     let part = |v: &[f32], scale: f32| -> Vec<f32> {
@@ -71,9 +79,7 @@ pub struct Fusion {
 impl Fusion {
     /// Checks the weight: `w` is the visual share, 0–1.
     pub fn new(text: TextEmbedder, weight: f32) -> Result<Self> {
-        if !(0.0..=1.0).contains(&weight) {
-            bail!("FUSION_WEIGHT must be within 0..1 (the visual share), not {weight}");
-        }
+        check_weight(weight)?;
         Ok(Self { text, weight })
     }
 
@@ -118,6 +124,7 @@ mod tests {
             EmbeddingKind::Fused
         );
         assert!("both".parse::<EmbeddingKind>().is_err());
+        assert!(check_weight(0.7).is_ok() && check_weight(1.5).is_err());
         assert_eq!(
             image_text(&["espresso", "cup"]).as_deref(),
             Some("espresso, cup")

@@ -4,7 +4,7 @@
 
 use crate::dataset::{scan, LabeledFile};
 use crate::eval::{evaluate, Item, Report};
-use crate::fusion::fuse;
+use crate::fusion::{check_weight, fuse};
 use crate::submit::{predict, Prediction, Reference};
 use crate::vote::VoteConfig;
 use crate::workspace::{IndexReport, Workspace};
@@ -121,6 +121,9 @@ pub fn eval_fusion_folder(
     batch: usize,
     progress: &dyn Fn(usize, usize),
 ) -> Result<(Vec<SpaceReport>, IndexReport)> {
+    for &w in weights {
+        check_weight(w)?;
+    }
     let (_, indexed) = index_folder(ws, dir, batch, progress)?;
     let (dir_abs, prefix) = prefix_of(dir)?;
     let pairs = ws.vector_pairs_under(&prefix)?;
