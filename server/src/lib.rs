@@ -1,7 +1,8 @@
 //! kadr's engine, in the order data flows through it:
-//! [`decode`] → [`preprocess`] → [`embed`] (networks in [`models`]) → [`index`] + [`store`]
-//! (tied together by [`workspace`]) → [`vote`] → [`eval`] / [`submit`]; [`dataset`] finds
-//! labelled images on disk, [`config`] reads settings.
+//! [`decode`] → [`preprocess`] → [`embed`] (networks in [`models`]; with [`text`] embedding
+//! each image's text and [`fusion`] joining the two; [`vlm`] captions and labels images) →
+//! [`index`] + [`store`] (tied together by [`workspace`]) → [`vote`] → [`eval`] / [`submit`];
+//! [`dataset`] finds labelled images on disk, [`config`] reads settings.
 //!
 //! Serving: [`web`] mounts the Leptos app (pages and server functions of the `app` crate) over
 //! [`backend`] (the engine behind the app, with [`history`] of analyses and the jobs), plus the
@@ -16,6 +17,7 @@ pub mod dataset;
 pub mod decode;
 pub mod embed;
 pub mod eval;
+pub mod fusion;
 pub mod history;
 pub mod index;
 pub mod jobs;
@@ -24,6 +26,8 @@ pub mod openapi;
 pub mod preprocess;
 pub mod store;
 pub mod submit;
+pub mod text;
+pub mod vlm;
 pub mod vote;
 pub mod web;
 pub mod workspace;

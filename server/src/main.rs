@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kadr::config::Settings;
-use kadr::jobs::{eval_folder, index_folder, submit_folder, EvalMode};
+use kadr::jobs::{eval_folder, eval_fusion_folder, index_folder, submit_folder, EvalMode};
 use kadr::vote::{CategoryRules, VoteConfig, VoteMode};
 use kadr::workspace::Workspace;
 use std::path::PathBuf;
@@ -35,6 +35,15 @@ struct Cli {
     /// flat (exact), hnsw or ivf [env: INDEX_KIND] [default: flat]
     #[arg(long, global = true)]
     index_kind: Option<String>,
+    /// visual, or fused (visual ⊕ text of each image) [env: EMBEDDING] [default: visual]
+    #[arg(long, global = true)]
+    embedding: Option<String>,
+    /// Visual share of a fused vector, 0–1 [env: FUSION_WEIGHT] [default: 0.7]
+    #[arg(long, global = true)]
+    fusion_weight: Option<f32>,
+    /// Sentence-transformers folder for the text model [env: TEXT_MODEL_PATH]
+    #[arg(long, global = true)]
+    text_model_path: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +81,12 @@ enum Command {
         /// Write one row per query as CSV
         #[arg(long)]
         csv_out: Option<PathBuf>,
+        /// Compare the visual space with fused ones at each of --weights (and FUSION_WEIGHT)
+        #[arg(long)]
+        fusion: bool,
+        /// Fusion weights (visual share) for --fusion, comma-separated
+        #[arg(long, default_value = kadr::config::DEFAULT_FUSION_SWEEP, value_delimiter = ',')]
+        weights: Vec<f32>,
     },
     /// Predict a category for every image in DATA/test/ and write a submission CSV
     Submit {
@@ -196,6 +211,70 @@ fn report_failures(failed: &[(String, String)]) {
     }
 }
 
+/// Prints `kadr eval --fusion`: one line per space, the best fused weight marked, and a JSON
+/// summary as the last line.
+fn print_fusion_sweep(ws: &Workspace, spaces: &[kadr::jobs::SpaceReport], weight: f32) {
+    let Some(first) = spaces.first() else {
+        return;
+    };
+    let best = spaces
+        .iter()
+        .filter(|sp| sp.weight.is_some())
+        .max_by(|a, b| a.report.map_at_10.total_cmp(&b.report.map_at_10))
+        .and_then(|sp| sp.weight);
+    let text_model = ws.fusion().map(|f| f.text.model_id()).unwrap_or_default();
+    println!(
+        "visual: {}  text: {}  mode: {}  k: {}  images: {}",
+        ws.embedder().model_id(),
+        text_model,
+        first.report.mode,
+        first.report.k,
+        first.report.images
+    );
+    println!("{:<14} {:>8} {:>9}", "space", "MAP@10", "vote acc");
+    for sp in spaces {
+        let name = match sp.weight {
+            None => "visual".to_string(),
+            Some(w) => format!("fused w={w:.2}"),
+        };
+        let mut marks = Vec::new();
+        if sp.weight.is_some() && sp.weight == best {
+            marks.push("best");
+        }
+        if sp.weight.is_some_and(|w| (w - weight).abs() < 1e-6) {
+            marks.push("FUSION_WEIGHT");
+        }
+        println!(
+            "{name:<14} {:>8.4} {:>9.4}  {}",
+            sp.report.map_at_10,
+            sp.report.vote_accuracy,
+            marks.join(", ")
+        );
+    }
+    // Weights are f32: round them so the JSON says 0.7, not 0.699999988.
+    let round = |w: f32| (w as f64 * 1e4).round() / 1e4;
+    let figures = |sp: &kadr::jobs::SpaceReport| {
+        serde_json::json!({
+            "weight": sp.weight.map(round),
+            "map_at_10": sp.report.map_at_10,
+            "vote_accuracy": sp.report.vote_accuracy,
+        })
+    };
+    let summary = serde_json::json!({
+        "visual": figures(first),
+        "fused": spaces.iter().filter(|sp| sp.weight.is_some()).map(figures).collect::<Vec<_>>(),
+        "best_weight": best.map(round),
+        "fusion_weight": round(weight),
+        "images": first.report.images,
+        "queries": first.report.queries,
+        "mode": first.report.mode,
+        "k": first.report.k,
+        "model": ws.embedder().model_id(),
+        "text_model": text_model,
+    });
+    println!("{summary}");
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
@@ -230,6 +309,15 @@ fn run() -> Result<()> {
     }
     if let Some(v) = cli.index_kind {
         s.index_kind = v;
+    }
+    if let Some(v) = cli.embedding {
+        s.embedding = v;
+    }
+    if let Some(v) = cli.fusion_weight {
+        s.fusion_weight = v;
+    }
+    if let Some(v) = cli.text_model_path {
+        s.text_model_path = Some(v);
     }
     let batch = s.max_batch_size;
 
@@ -288,6 +376,41 @@ fn run() -> Result<()> {
             vote,
             json_out,
             csv_out,
+            fusion: true,
+            weights,
+        } => {
+            anyhow::ensure!(
+                json_out.is_none() && csv_out.is_none(),
+                "--json-out and --csv-out describe one space: use them without --fusion \
+                 (EMBEDDING=fused evaluates the fused space at FUSION_WEIGHT)"
+            );
+            let cfg = vote.config()?;
+            s.embedding = "fused".into();
+            let mut ws = Workspace::open(&s)?;
+            let mut weights = weights;
+            weights.push(s.fusion_weight);
+            weights.sort_by(f32::total_cmp);
+            weights.dedup_by(|a, b| (*a - *b).abs() < 1e-6);
+            let (spaces, indexed) = eval_fusion_folder(
+                &mut ws,
+                &data,
+                mode,
+                &cfg,
+                &weights,
+                batch,
+                &progress_bar("embed"),
+            )?;
+            report_failures(&indexed.failed);
+            print_fusion_sweep(&ws, &spaces, s.fusion_weight);
+        }
+        Command::Eval {
+            data,
+            mode,
+            vote,
+            json_out,
+            csv_out,
+            fusion: false,
+            ..
         } => {
             let cfg = vote.config()?;
             let mut ws = Workspace::open(&s)?;
@@ -296,7 +419,7 @@ fn run() -> Result<()> {
             report_failures(&indexed.failed);
             println!(
                 "model: {}  mode: {}  k: {}",
-                ws.embedder().model_id(),
+                ws.space_id(),
                 report.mode,
                 report.k
             );
@@ -323,7 +446,7 @@ fn run() -> Result<()> {
                 "queries": report.queries,
                 "mode": report.mode,
                 "k": report.k,
-                "model": ws.embedder().model_id(),
+                "model": ws.space_id(),
             });
             println!("{summary}");
         }

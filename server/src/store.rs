@@ -1,10 +1,12 @@
 //! Store: the SQLite metadata store, source of truth for what is indexed. One row per
-//! (model, image path) with its content hash, split, category and the embedding itself, so
-//! the FAISS index is derived data that can always be rebuilt. WAL mode; every batch of
-//! inserts is one transaction, so a crash loses at most the batch in flight.
+//! (model, image path) with its content hash, split, category, the embedding itself and the
+//! backbone's labels for it; text embeddings of those labels sit in their own table keyed by
+//! (content hash, text model, text), so each is computed once. The FAISS index is derived data
+//! that can always be rebuilt. WAL mode; every batch of inserts is one transaction, so a crash
+//! loses at most the batch in flight.
 
 use anyhow::{Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{named_params, params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -18,6 +20,8 @@ pub struct NewImage {
     pub width: u32,
     pub height: u32,
     pub embedding: Vec<f32>,
+    /// The backbone's top labels as text (`fusion::image_text`); `None` when it has none.
+    pub labels: Option<String>,
 }
 
 /// A stored image without its embedding.
@@ -30,19 +34,40 @@ pub struct ImageRow {
     pub category: String,
 }
 
+/// A row id (or row) with its visual embedding and the embedding of its text.
+pub type WithText<R> = (R, Vec<f32>, Vec<f32>);
+
 /// The metadata store.
 pub struct Store {
     conn: Connection,
 }
 
-fn to_blob(v: &[f32]) -> Vec<u8> {
+/// An embedding as little-endian f32 bytes, the form SQLite stores.
+pub(crate) fn to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn from_blob(b: &[u8]) -> Vec<f32> {
+/// The inverse of [`to_blob`].
+pub(crate) fn from_blob(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
+}
+
+/// Joins an image row `i` to the embedding `t` of its text under the text model `:text_model`.
+/// The text of an image is its labels; a caption column, when one comes, goes first here
+/// (`coalesce(i.caption, i.labels)`).
+const TEXT_JOIN: &str = "JOIN text_embeddings t
+    ON t.hash = i.hash AND t.text_model = :text_model AND t.text = i.labels";
+
+fn image_row(r: &rusqlite::Row) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow {
+        id: r.get(0)?,
+        path: r.get(1)?,
+        hash: r.get(2)?,
+        split: r.get(3)?,
+        category: r.get(4)?,
+    })
 }
 
 impl Store {
@@ -64,12 +89,31 @@ impl Store {
                 height INTEGER NOT NULL DEFAULT 0,
                 embedding BLOB NOT NULL,
                 added_at INTEGER NOT NULL DEFAULT (unixepoch()),
+                labels TEXT,
                 UNIQUE (model, path)
             );
             CREATE INDEX IF NOT EXISTS images_model_hash ON images (model, hash);
+            CREATE TABLE IF NOT EXISTS text_embeddings (
+                hash TEXT NOT NULL,
+                text_model TEXT NOT NULL,
+                text TEXT NOT NULL,
+                embedding BLOB NOT NULL,
+                PRIMARY KEY (hash, text_model, text)
+            );
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
         .context("creating the metadata schema")?;
+        // Stores made before labels existed get the column empty: their rows stay searchable
+        // visually, and indexing again in the fused space fills it in.
+        let has_labels: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('images') WHERE name = 'labels'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_labels {
+            conn.execute("ALTER TABLE images ADD COLUMN labels TEXT", [])
+                .context("adding the labels column")?;
+        }
         Ok(Self { conn })
     }
 
@@ -85,17 +129,88 @@ impl Store {
             .optional()?)
     }
 
-    /// An embedding already computed for this content (any path), if one exists.
-    pub fn embedding_by_hash(&self, model: &str, hash: &str) -> Result<Option<Vec<f32>>> {
+    /// Whether the row of `path` under `model` has labels (rows stored before labels existed
+    /// have none).
+    pub fn has_labels(&self, model: &str, path: &str) -> Result<bool> {
         Ok(self
             .conn
             .query_row(
-                "SELECT embedding FROM images WHERE model = ?1 AND hash = ?2 LIMIT 1",
-                params![model, hash],
-                |r| r.get::<_, Vec<u8>>(0),
+                "SELECT labels IS NOT NULL FROM images WHERE model = ?1 AND path = ?2",
+                params![model, path],
+                |r| r.get(0),
             )
             .optional()?
+            .unwrap_or(false))
+    }
+
+    /// An embedding already computed for this content (any path), with its labels, if one
+    /// exists (labelled rows first).
+    pub fn embedding_by_hash(
+        &self,
+        model: &str,
+        hash: &str,
+    ) -> Result<Option<(Vec<f32>, Option<String>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT embedding, labels FROM images WHERE model = ?1 AND hash = ?2
+                 ORDER BY labels IS NULL LIMIT 1",
+                params![model, hash],
+                |r| Ok((from_blob(&r.get::<_, Vec<u8>>(0)?), r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The stored embedding of `text` for the content `hash` under `text_model`.
+    pub fn text_embedding(
+        &self,
+        hash: &str,
+        text_model: &str,
+        text: &str,
+    ) -> Result<Option<Vec<f32>>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT embedding FROM text_embeddings
+                 WHERE hash = ?1 AND text_model = ?2 AND text = ?3",
+            )?
+            .query_row(params![hash, text_model, text], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
             .map(|b| from_blob(&b)))
+    }
+
+    /// Records (hash, text, embedding) triples under `text_model` in one transaction.
+    pub fn insert_text_embeddings(
+        &mut self,
+        text_model: &str,
+        rows: &[(String, String, Vec<f32>)],
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR REPLACE INTO text_embeddings (hash, text_model, text, embedding)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (hash, text, v) in rows {
+                ins.execute(params![hash, text_model, text, to_blob(v)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The distinct (hash, text) of `model`'s labelled rows with no embedding under
+    /// `text_model` yet.
+    pub fn missing_texts(&self, model: &str, text_model: &str) -> Result<Vec<(String, String)>> {
+        let mut st = self.conn.prepare(
+            "SELECT DISTINCT i.hash, i.labels FROM images i
+             WHERE i.model = ?1 AND i.labels IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM text_embeddings t
+                WHERE t.hash = i.hash AND t.text_model = ?2 AND t.text = i.labels)
+             ORDER BY 1, 2",
+        )?;
+        let rows = st.query_map(params![model, text_model], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Records a batch in one transaction. A path already present is replaced; the returned
@@ -109,8 +224,9 @@ impl Store {
                 tx.prepare_cached("SELECT id FROM images WHERE model = ?1 AND path = ?2")?;
             let mut del = tx.prepare_cached("DELETE FROM images WHERE id = ?1")?;
             let mut ins = tx.prepare_cached(
-                "INSERT INTO images (model, path, hash, split, category, width, height, embedding)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO images
+                 (model, path, hash, split, category, width, height, embedding, labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for r in rows {
                 if let Some(id) = old
@@ -128,7 +244,8 @@ impl Store {
                     r.category,
                     r.width,
                     r.height,
-                    to_blob(&r.embedding)
+                    to_blob(&r.embedding),
+                    r.labels
                 ])?;
                 ids.push(tx.last_insert_rowid());
             }
@@ -166,6 +283,26 @@ impl Store {
         Ok((ids, data))
     }
 
+    /// Every (id, embedding, text embedding) of `model` whose text has an embedding under
+    /// `text_model`, in id order: the input to rebuild a fused index.
+    pub fn all_vector_pairs(&self, model: &str, text_model: &str) -> Result<Vec<WithText<i64>>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT i.id, i.embedding, t.embedding FROM images i {TEXT_JOIN}
+             WHERE i.model = :model ORDER BY i.id"
+        ))?;
+        let rows = st.query_map(
+            named_params! {":model": model, ":text_model": text_model},
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    from_blob(&r.get::<_, Vec<u8>>(1)?),
+                    from_blob(&r.get::<_, Vec<u8>>(2)?),
+                ))
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Rows by id (missing ids are skipped).
     pub fn rows(&self, ids: &[i64]) -> Result<HashMap<i64, ImageRow>> {
         let mut st = self
@@ -173,18 +310,7 @@ impl Store {
             .prepare_cached("SELECT id, path, hash, split, category FROM images WHERE id = ?1")?;
         let mut out = HashMap::new();
         for id in ids {
-            if let Some(row) = st
-                .query_row([id], |r| {
-                    Ok(ImageRow {
-                        id: r.get(0)?,
-                        path: r.get(1)?,
-                        hash: r.get(2)?,
-                        split: r.get(3)?,
-                        category: r.get(4)?,
-                    })
-                })
-                .optional()?
-            {
+            if let Some(row) = st.query_row([id], image_row).optional()? {
                 out.insert(*id, row);
             }
         }
@@ -198,16 +324,7 @@ impl Store {
              WHERE model = ?1 AND substr(path, 1, length(?2)) = ?2 ORDER BY path",
         )?;
         let rows = st.query_map(params![model, prefix], |r| {
-            Ok((
-                ImageRow {
-                    id: r.get(0)?,
-                    path: r.get(1)?,
-                    hash: r.get(2)?,
-                    split: r.get(3)?,
-                    category: r.get(4)?,
-                },
-                from_blob(&r.get::<_, Vec<u8>>(5)?),
-            ))
+            Ok((image_row(r)?, from_blob(&r.get::<_, Vec<u8>>(5)?)))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -220,20 +337,36 @@ impl Store {
                 "SELECT id, path, hash, split, category, embedding FROM images
                  WHERE model = ?1 AND hash = ?2 ORDER BY id LIMIT 1",
                 params![model, hash],
-                |r| {
-                    Ok((
-                        ImageRow {
-                            id: r.get(0)?,
-                            path: r.get(1)?,
-                            hash: r.get(2)?,
-                            split: r.get(3)?,
-                            category: r.get(4)?,
-                        },
-                        from_blob(&r.get::<_, Vec<u8>>(5)?),
-                    ))
-                },
+                |r| Ok((image_row(r)?, from_blob(&r.get::<_, Vec<u8>>(5)?))),
             )
             .optional()?)
+    }
+
+    /// Like [`Self::rows_under`], with each row's text embedding under `text_model`; rows
+    /// whose text has none are left out.
+    pub fn rows_under_with_text(
+        &self,
+        model: &str,
+        text_model: &str,
+        prefix: &str,
+    ) -> Result<Vec<WithText<ImageRow>>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT i.id, i.path, i.hash, i.split, i.category, i.embedding, t.embedding
+             FROM images i {TEXT_JOIN}
+             WHERE i.model = :model AND substr(i.path, 1, length(:prefix)) = :prefix
+             ORDER BY i.path"
+        ))?;
+        let rows = st.query_map(
+            named_params! {":model": model, ":text_model": text_model, ":prefix": prefix},
+            |r| {
+                Ok((
+                    image_row(r)?,
+                    from_blob(&r.get::<_, Vec<u8>>(5)?),
+                    from_blob(&r.get::<_, Vec<u8>>(6)?),
+                ))
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// (count, sum of ids) for `model`: a cheap fingerprint of what the index must contain.
@@ -241,6 +374,20 @@ impl Store {
         let (n, s): (i64, i64) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(id), 0) FROM images WHERE model = ?1",
             [model],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(format!("{n}:{s}"))
+    }
+
+    /// [`Self::fingerprint`] of the rows of `model` whose text has an embedding under
+    /// `text_model`: what a fused index must contain.
+    pub fn fingerprint_with_text(&self, model: &str, text_model: &str) -> Result<String> {
+        let (n, s): (i64, i64) = self.conn.query_row(
+            &format!(
+                "SELECT count(*), coalesce(sum(i.id), 0) FROM images i {TEXT_JOIN}
+                 WHERE i.model = :model"
+            ),
+            named_params! {":model": model, ":text_model": text_model},
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(format!("{n}:{s}"))
@@ -288,6 +435,7 @@ mod tests {
             width: 1,
             height: 1,
             embedding: vec![v, -v],
+            labels: None,
         }
     }
 
@@ -306,7 +454,7 @@ mod tests {
         assert_eq!(s.hash_of_path("other", "/a.png").unwrap(), None);
         assert_eq!(
             s.embedding_by_hash("m", "h2").unwrap(),
-            Some(vec![2.0, -2.0])
+            Some((vec![2.0, -2.0], None))
         );
         let (new, replaced) = s.insert_batch("m", &[img("/a.png", "h3", 3.0)]).unwrap();
         assert_eq!(replaced, vec![ids[0]]);
@@ -325,5 +473,113 @@ mod tests {
         assert_eq!(s.rows_under("m", "/a").unwrap().len(), 1);
         s.set_meta("k", "v").unwrap();
         assert_eq!(s.meta("k").unwrap().as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn text_embeddings_join_rows_by_hash_and_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("m.sqlite")).unwrap();
+        let labelled = |path, hash, v, text: &str| NewImage {
+            labels: Some(text.into()),
+            ..img(path, hash, v)
+        };
+        let (ids, _) = s
+            .insert_batch(
+                "m",
+                &[
+                    labelled("/a.png", "h1", 1.0, "cup, mug"),
+                    labelled("/b.png", "h1", 1.0, "cup, mug"),
+                    labelled("/c.png", "h2", 2.0, "bee"),
+                    img("/d.png", "h3", 3.0),
+                ],
+            )
+            .unwrap();
+        assert!(s.has_labels("m", "/a.png").unwrap());
+        assert!(!s.has_labels("m", "/d.png").unwrap());
+        assert_eq!(
+            s.embedding_by_hash("m", "h1").unwrap(),
+            Some((vec![1.0, -1.0], Some("cup, mug".into())))
+        );
+        // Distinct (hash, text) pairs: identical content is embedded once; unlabelled rows wait.
+        assert_eq!(
+            s.missing_texts("m", "t").unwrap(),
+            vec![
+                ("h1".into(), "cup, mug".into()),
+                ("h2".into(), "bee".into())
+            ]
+        );
+        s.insert_text_embeddings("t", &[("h1".into(), "cup, mug".into(), vec![0.5])])
+            .unwrap();
+        assert_eq!(
+            s.text_embedding("h1", "t", "cup, mug").unwrap(),
+            Some(vec![0.5])
+        );
+        assert_eq!(s.text_embedding("h1", "other", "cup, mug").unwrap(), None);
+        assert_eq!(s.missing_texts("m", "t").unwrap().len(), 1);
+        let pairs = s.all_vector_pairs("m", "t").unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                (ids[0], vec![1.0, -1.0], vec![0.5]),
+                (ids[1], vec![1.0, -1.0], vec![0.5])
+            ]
+        );
+        assert_eq!(
+            s.fingerprint_with_text("m", "t").unwrap(),
+            format!("2:{}", ids[0] + ids[1])
+        );
+        let under = s.rows_under_with_text("m", "t", "/b").unwrap();
+        assert_eq!(under.len(), 1);
+        assert_eq!((under[0].0.id, under[0].2.clone()), (ids[1], vec![0.5]));
+        // A row whose text changed no longer joins its old text's embedding.
+        s.insert_batch("m", &[labelled("/a.png", "h1", 1.0, "teapot")])
+            .unwrap();
+        assert_eq!(s.all_vector_pairs("m", "t").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn stores_from_before_labels_open_and_keep_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE images (
+                    id INTEGER PRIMARY KEY, model TEXT NOT NULL, path TEXT NOT NULL,
+                    hash TEXT NOT NULL, split TEXT NOT NULL DEFAULT '',
+                    category TEXT NOT NULL DEFAULT '', width INTEGER NOT NULL DEFAULT 0,
+                    height INTEGER NOT NULL DEFAULT 0, embedding BLOB NOT NULL,
+                    added_at INTEGER NOT NULL DEFAULT (unixepoch()), UNIQUE (model, path));
+                 INSERT INTO images (model, path, hash, embedding) VALUES ('m', '/old.png', 'h0', x'0000803f');",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.all_vectors("m").unwrap().1, vec![1.0]);
+        assert!(!s.has_labels("m", "/old.png").unwrap());
+        assert_eq!(
+            s.embedding_by_hash("m", "h0").unwrap(),
+            Some((vec![1.0], None))
+        );
+        s.insert_batch(
+            "m",
+            &[NewImage {
+                labels: Some("bee".into()),
+                ..img("/new.png", "h1", 2.0)
+            }],
+        )
+        .unwrap();
+        assert!(s.has_labels("m", "/new.png").unwrap());
+        drop(s);
+        // Opening again finds the column there.
+        assert_eq!(
+            Store::open(&path)
+                .unwrap()
+                .all_vectors("m")
+                .unwrap()
+                .0
+                .len(),
+            2
+        );
     }
 }

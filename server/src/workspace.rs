@@ -1,14 +1,18 @@
-//! Workspace: the engine on disk. Ties the metadata store, the FAISS index and the embedder
+//! Workspace: the engine on disk. Ties the metadata store, the FAISS index and the embedders
 //! together: index folders incrementally (content-hash skips, embeddings reused by hash),
 //! search by image or vector, and keep the index file consistent with the store — a stale or
 //! damaged index file is rebuilt from the store's vectors, so a crash loses at most one batch.
+//! The index holds one space: the visual embeddings, or (`EMBEDDING=fused`) those fused with
+//! the embeddings of each image's text (`fusion`), whose text vectors the store keeps too.
 
-use crate::config::Settings;
+use crate::config::{Settings, IMAGE_TEXT_LABELS};
 use crate::dataset::LabeledFile;
 use crate::decode::decode;
 use crate::embed::Embedder;
+use crate::fusion::{image_text, EmbeddingKind, Fusion};
 use crate::index::{Hit, IndexKind, VectorIndex};
-use crate::store::{ImageRow, NewImage, Store};
+use crate::store::{ImageRow, NewImage, Store, WithText};
+use crate::text::TextEmbedder;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -42,29 +46,59 @@ pub struct Neighbour {
     pub score: f32,
 }
 
+/// Texts embedded per transaction when a fused workspace catches up on stored images.
+const TEXT_BACKFILL_CHUNK: usize = 256;
+
 /// The engine state behind every subcommand and the server.
 pub struct Workspace {
     store: Store,
     embedder: Embedder,
+    /// The text side of a fused space; `None` when the space is visual.
+    fusion: Option<Fusion>,
+    /// What the index holds: the embedder's model id, or the fused space's id.
+    space_id: String,
     index: Option<VectorIndex>,
     kind: IndexKind,
     index_path: PathBuf,
 }
 
 impl Workspace {
-    /// Opens the workspace in `settings.home` with the configured model.
+    /// Opens the workspace in `settings.home` with the configured model(s).
     pub fn open(settings: &Settings) -> Result<Self> {
+        let kind = settings.index_kind.parse()?;
+        let space: EmbeddingKind = settings.embedding.parse()?;
         let embedder = Embedder::from_settings(settings)?;
-        Self::open_with(&settings.home, embedder, settings.index_kind.parse()?)
+        let fusion = match space {
+            EmbeddingKind::Visual => None,
+            EmbeddingKind::Fused => Some(Fusion::new(
+                TextEmbedder::from_settings(settings)?,
+                settings.fusion_weight,
+            )?),
+        };
+        Self::open_fused(&settings.home, embedder, fusion, kind)
     }
 
-    /// Opens the workspace in `home` with a loaded embedder.
+    /// Opens the workspace in `home` with a loaded embedder, in the visual space.
     pub fn open_with(home: &Path, embedder: Embedder, kind: IndexKind) -> Result<Self> {
+        Self::open_fused(home, embedder, None, kind)
+    }
+
+    /// Opens the workspace in `home` with a loaded embedder, in the fused space when `fusion`
+    /// is given. Stored images whose text has no embedding under its text model yet get one.
+    pub fn open_fused(
+        home: &Path,
+        embedder: Embedder,
+        fusion: Option<Fusion>,
+        kind: IndexKind,
+    ) -> Result<Self> {
         std::fs::create_dir_all(home)
             .with_context(|| format!("creating workspace {}", home.display()))?;
         let store = Store::open(&home.join("kadr.sqlite"))?;
-        let safe_id: String = embedder
-            .model_id()
+        let space_id = match &fusion {
+            Some(f) => f.model_id(embedder.model_id()),
+            None => embedder.model_id().to_string(),
+        };
+        let safe_id: String = space_id
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '_' {
@@ -78,12 +112,84 @@ impl Workspace {
         let mut ws = Self {
             store,
             embedder,
+            fusion,
+            space_id,
             index: None,
             kind,
             index_path,
         };
+        ws.backfill_texts()?;
         ws.load_or_rebuild_index()?;
         Ok(ws)
+    }
+
+    /// Embeds the texts of stored images that have none under the text model (images indexed
+    /// visually, or with another text model), so the fused index covers them.
+    fn backfill_texts(&mut self) -> Result<()> {
+        let Some(f) = &self.fusion else {
+            return Ok(());
+        };
+        let missing = self
+            .store
+            .missing_texts(self.embedder.model_id(), f.text.model_id())?;
+        if !missing.is_empty() {
+            tracing::info!("embedding the texts of {} stored images", missing.len());
+        }
+        for chunk in missing.chunks(TEXT_BACKFILL_CHUNK) {
+            self.text_vectors(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// The text embedding of each (content hash, text): from the store, or embedded now (and
+    /// stored, so each is computed once). Needs a fused workspace.
+    fn text_vectors(&mut self, items: &[(String, String)]) -> Result<Vec<Vec<f32>>> {
+        let f = self.fusion.as_ref().context("not a fused workspace")?;
+        let text_model = f.text.model_id();
+        let mut out = Vec::with_capacity(items.len());
+        let mut missing = Vec::new();
+        for (i, (hash, text)) in items.iter().enumerate() {
+            let v = self.store.text_embedding(hash, text_model, text)?;
+            if v.is_none() {
+                missing.push(i);
+            }
+            out.push(v.unwrap_or_default());
+        }
+        if !missing.is_empty() {
+            let texts: Vec<&str> = missing.iter().map(|&i| items[i].1.as_str()).collect();
+            let vectors = f.text.embed(&texts)?;
+            let rows: Vec<(String, String, Vec<f32>)> = missing
+                .iter()
+                .zip(vectors)
+                .map(|(&i, v)| (items[i].0.clone(), items[i].1.clone(), v))
+                .collect();
+            self.store.insert_text_embeddings(text_model, &rows)?;
+            for (&i, (_, _, v)) in missing.iter().zip(rows) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index's vectors for rows just recorded: their embeddings, or fused ones.
+    fn space_vectors(&mut self, rows: &[NewImage]) -> Result<Vec<f32>> {
+        if self.fusion.is_none() {
+            return Ok(rows
+                .iter()
+                .flat_map(|r| r.embedding.iter().copied())
+                .collect());
+        }
+        let items = rows
+            .iter()
+            .map(|r| Ok((r.hash.clone(), require_text(r.labels.clone())?)))
+            .collect::<Result<Vec<_>>>()?;
+        let texts = self.text_vectors(&items)?;
+        let f = self.fusion.as_ref().context("not a fused workspace")?;
+        Ok(rows
+            .iter()
+            .zip(texts)
+            .flat_map(|(r, t)| f.fuse(&r.embedding, &t))
+            .collect())
     }
 
     fn meta_key(&self) -> String {
@@ -96,9 +202,19 @@ impl Workspace {
         )
     }
 
+    /// What the index must contain, as the store sees it.
+    fn fingerprint(&self) -> Result<String> {
+        match &self.fusion {
+            None => self.store.fingerprint(self.embedder.model_id()),
+            Some(f) => self
+                .store
+                .fingerprint_with_text(self.embedder.model_id(), f.text.model_id()),
+        }
+    }
+
     /// Uses the saved index if it matches the store exactly; otherwise rebuilds it.
     fn load_or_rebuild_index(&mut self) -> Result<()> {
-        let fingerprint = self.store.fingerprint(self.embedder.model_id())?;
+        let fingerprint = self.fingerprint()?;
         if self.index_path.is_file()
             && self.store.meta(&self.meta_key())?.as_deref() == Some(fingerprint.as_str())
         {
@@ -115,7 +231,20 @@ impl Workspace {
 
     /// Rebuilds the index from the store's vectors and saves it.
     pub fn rebuild_index(&mut self) -> Result<()> {
-        let (ids, data) = self.store.all_vectors(self.embedder.model_id())?;
+        let (ids, data) = match &self.fusion {
+            None => self.store.all_vectors(self.embedder.model_id())?,
+            Some(f) => {
+                let (mut ids, mut data) = (Vec::new(), Vec::new());
+                for (id, v, t) in self
+                    .store
+                    .all_vector_pairs(self.embedder.model_id(), f.text.model_id())?
+                {
+                    ids.push(id);
+                    data.extend(f.fuse(&v, &t));
+                }
+                (ids, data)
+            }
+        };
         self.index = if ids.is_empty() {
             None
         } else {
@@ -131,7 +260,7 @@ impl Workspace {
 
     /// Saves the index atomically, then records which store state it reflects.
     pub fn checkpoint(&mut self) -> Result<()> {
-        let fingerprint = self.store.fingerprint(self.embedder.model_id())?;
+        let fingerprint = self.fingerprint()?;
         match &self.index {
             Some(index) => index.save(&self.index_path)?,
             None => {
@@ -144,6 +273,37 @@ impl Workspace {
     /// The embedder in use.
     pub fn embedder(&self) -> &Embedder {
         &self.embedder
+    }
+
+    /// The text embedder and weight of a fused workspace.
+    pub fn fusion(&self) -> Option<&Fusion> {
+        self.fusion.as_ref()
+    }
+
+    /// What the index holds: the visual model id, or the fused space's id (both model ids and
+    /// the weight).
+    pub fn space_id(&self) -> &str {
+        &self.space_id
+    }
+
+    /// Stored images whose paths start with `prefix`, with their vectors in this space.
+    pub fn vectors_under(&self, prefix: &str) -> Result<Vec<(ImageRow, Vec<f32>)>> {
+        match &self.fusion {
+            None => self.store.rows_under(self.embedder.model_id(), prefix),
+            Some(f) => Ok(self
+                .vector_pairs_under(prefix)?
+                .into_iter()
+                .map(|(row, v, t)| (row, f.fuse(&v, &t)))
+                .collect()),
+        }
+    }
+
+    /// Stored images whose paths start with `prefix`, with their visual and text embeddings
+    /// (a fused workspace; images without a text are left out).
+    pub fn vector_pairs_under(&self, prefix: &str) -> Result<Vec<WithText<ImageRow>>> {
+        let f = self.fusion.as_ref().context("not a fused workspace")?;
+        self.store
+            .rows_under_with_text(self.embedder.model_id(), f.text.model_id(), prefix)
     }
 
     /// The metadata store.
@@ -195,7 +355,10 @@ impl Workspace {
                     }
                 };
                 let hash = blake3::hash(&bytes).to_hex().to_string();
-                if matches!(self.store.hash_of_path(&model, &path)?, Some((_, h)) if h == hash) {
+                // A fused space also needs the labels, which rows stored before them lack.
+                if matches!(self.store.hash_of_path(&model, &path)?, Some((_, h)) if h == hash)
+                    && (self.fusion.is_none() || self.store.has_labels(&model, &path)?)
+                {
                     report.skipped += 1;
                     continue;
                 }
@@ -207,14 +370,15 @@ impl Workspace {
                     width: 0,
                     height: 0,
                     embedding: Vec::new(),
+                    labels: None,
                 };
                 match self.store.embedding_by_hash(&model, &row.hash)? {
-                    Some(v) => {
-                        row.embedding = v;
+                    Some((v, labels)) if self.fusion.is_none() || labels.is_some() => {
+                        (row.embedding, row.labels) = (v, labels);
                         report.reused += 1;
                         rows.push(row);
                     }
-                    None => to_decode.push((row, bytes)),
+                    _ => to_decode.push((row, bytes)),
                 }
             }
             // Decode and preprocess in parallel on all cores.
@@ -240,9 +404,14 @@ impl Workspace {
                 }
             }
             if !fresh.is_empty() {
-                let vectors = self.embedder.embed_preprocessed(&pixels, fresh.len())?;
-                for (row, v) in fresh.iter_mut().zip(vectors) {
+                let out = self.embedder.embed_preprocessed_labelled(
+                    &pixels,
+                    fresh.len(),
+                    IMAGE_TEXT_LABELS,
+                )?;
+                for (row, (v, labels)) in fresh.iter_mut().zip(out) {
                     row.embedding = v;
+                    row.labels = image_text(&labels);
                 }
                 report.embedded += fresh.len();
                 rows.extend(fresh);
@@ -263,11 +432,8 @@ impl Workspace {
         if rows.is_empty() {
             return Ok(());
         }
+        let data = self.space_vectors(rows)?;
         let (ids, replaced) = self.store.insert_batch(self.embedder.model_id(), rows)?;
-        let data: Vec<f32> = rows
-            .iter()
-            .flat_map(|r| r.embedding.iter().copied())
-            .collect();
         match &mut self.index {
             Some(index) if replaced.is_empty() || self.kind.supports_remove() => {
                 index.remove(&replaced).ok();
@@ -306,13 +472,27 @@ impl Workspace {
         Ok(n)
     }
 
-    /// Embeds decoded-image bytes (any supported format).
+    /// Embeds image bytes (any supported format) into this workspace's space.
     pub fn embed_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         let img = decode(bytes)?;
-        Ok(self
+        let data = crate::preprocess::preprocess(&img, &self.embedder.preprocess_spec());
+        let labels = if self.fusion.is_some() {
+            IMAGE_TEXT_LABELS
+        } else {
+            0
+        };
+        let (v, labels) = self
             .embedder
-            .embed_images(std::slice::from_ref(&img))?
-            .remove(0))
+            .embed_preprocessed_labelled(&data, 1, labels)?
+            .remove(0);
+        let Some(f) = &self.fusion else {
+            return Ok(v);
+        };
+        let t = f
+            .text
+            .embed(&[require_text(image_text(&labels))?])?
+            .remove(0);
+        Ok(f.fuse(&v, &t))
     }
 
     /// The `k` most similar indexed images to an embedding.
@@ -341,4 +521,12 @@ impl Workspace {
             })
             .collect())
     }
+}
+
+/// An image's text, which a fused space cannot do without.
+fn require_text(text: Option<String>) -> Result<String> {
+    text.context(
+        "EMBEDDING=fused needs each image's text, the labels of an ImageNet-1k classifier: \
+         use a backbone with one (the default tf_efficientnet_lite0 has), or EMBEDDING=visual",
+    )
 }

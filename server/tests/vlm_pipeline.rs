@@ -152,3 +152,56 @@ fn load_caption_zero_shot() {
 fn p_zero_shot(vl: &Qwen2Vl, img: &RgbImage) -> kadr::vlm::qwen2vl::Prompt {
     vl.prompt(img, &vl.zero_shot_prompt).unwrap()
 }
+
+mod common;
+
+/// The server with a VLM: an uploaded image gets a caption and zero-shot labels over the
+/// dataset's categories, marked as coming from the VLM (the tiny model, so the words are noise,
+/// but every step of the real path runs).
+#[test]
+fn the_server_captions_and_labels_uploads_with_the_vlm() {
+    use app::backend::Backend;
+    use app::types::TextSource;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["cat", "dog", "car"], 3);
+    let weights = common::tiny_convnext(tmp.path());
+    let embedder = kadr::embed::Embedder::load("convnext_test", &weights, Device::Cpu, 4).unwrap();
+    let home = tmp.path().join("home");
+    let mut ws =
+        kadr::workspace::Workspace::open_with(&home, embedder, kadr::index::IndexKind::Flat)
+            .unwrap();
+    kadr::jobs::index_folder(&mut ws, &data, 4, &|_, _| {}).unwrap();
+    let mut settings = kadr::config::Settings::from_env();
+    settings.home = home;
+    settings.caption_tokens = 4;
+    let vlm = Qwen2Vl::load(&model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let backend =
+        kadr::backend::EngineBackend::with_vlm(ws, &settings, vec![data.clone()], Some(vlm))
+            .unwrap();
+    assert!(backend.defaults().vlm);
+
+    let query = tmp.path().join("q.png");
+    common::synthetic_png(&query, 1, 99);
+    let outcome = backend.analyse("q.png", &std::fs::read(&query).unwrap());
+    let analysis = outcome
+        .analysis
+        .unwrap_or_else(|| panic!("{:?}", outcome.error));
+    assert_eq!(analysis.text.source, TextSource::Vlm);
+    let caption = analysis.text.caption.as_deref().unwrap();
+    assert!(!caption.trim().is_empty(), "empty caption");
+    let mut labels: Vec<&str> = analysis
+        .text
+        .labels
+        .iter()
+        .map(|l| l.label.as_str())
+        .collect();
+    labels.sort_unstable();
+    assert_eq!(labels, ["car", "cat", "dog"]);
+    let total: f32 = analysis.text.labels.iter().map(|l| l.score).sum();
+    assert!(
+        (total - 1.0).abs() < 1e-4,
+        "zero-shot scores sum to {total}"
+    );
+    assert!(analysis.timings.text_ms > 0.0);
+}

@@ -1,12 +1,15 @@
 //! The workspace end to end with a real (tiny) ConvNeXt, real FAISS and real SQLite:
-//! incremental indexing, reopening, replacing, removing, and recovery from a stale index.
+//! incremental indexing, reopening, replacing, removing, and recovery from a stale index;
+//! and the fused space with the real EfficientNet-Lite0 and all-MiniLM-L6-v2.
 
 mod common;
 
 use candle_core::Device;
 use kadr::dataset::scan;
 use kadr::embed::Embedder;
+use kadr::fusion::Fusion;
 use kadr::index::IndexKind;
+use kadr::text::TextEmbedder;
 use kadr::workspace::Workspace;
 use std::path::Path;
 
@@ -84,4 +87,97 @@ fn index_search_reopen_and_recover() {
     let mut hnsw = open(&home, &weights, IndexKind::Hnsw);
     assert_eq!(hnsw.len(), 12);
     assert_eq!(hnsw.search(&q, 1).unwrap()[0].path, after[0].path);
+}
+
+fn effnet() -> Embedder {
+    Embedder::load(
+        "tf_efficientnet_lite0",
+        &common::effnet_weights(),
+        Device::Cpu,
+        4,
+    )
+    .unwrap()
+}
+
+fn fusion(weight: f32) -> Fusion {
+    let text =
+        TextEmbedder::load(&common::minilm_dir(), "all-minilm-l6-v2", Device::Cpu, 8).unwrap();
+    Fusion::new(text, weight).unwrap()
+}
+
+#[test]
+fn fused_space_backfills_indexes_and_searches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["red", "green", "blue"], 3);
+    let files = scan(&data).unwrap();
+    let home = tmp.path().join("home");
+
+    // Indexed visually first: the labels are stored, their text embeddings are not.
+    let mut ws = Workspace::open_with(&home, effnet(), IndexKind::Flat).unwrap();
+    assert_eq!(ws.index_files(&files, 4, &|_| {}).unwrap().embedded, 9);
+    let visual_id = ws.space_id().to_string();
+    drop(ws);
+
+    // Opening the fused space embeds those texts, so nothing needs indexing again.
+    let mut ws =
+        Workspace::open_fused(&home, effnet(), Some(fusion(0.8)), IndexKind::Flat).unwrap();
+    assert_eq!(ws.len(), 9);
+    assert!(
+        ws.space_id()
+            .starts_with(&format!("fused({visual_id}+all-minilm-l6-v2@")),
+        "{}",
+        ws.space_id()
+    );
+    assert!(ws.space_id().ends_with(",w=0.80)"));
+    let r = ws.index_files(&files, 4, &|_| {}).unwrap();
+    assert_eq!((r.embedded, r.reused, r.skipped), (0, 0, 9));
+
+    // A query is fused the same way as the stored images: an indexed image finds itself.
+    let q_path = data.join("green/1.png");
+    let q = ws.embed_bytes(&std::fs::read(&q_path).unwrap()).unwrap();
+    assert_eq!(q.len(), 1280 + 384);
+    let hits = ws.search(&q, 3).unwrap();
+    assert!(hits[0].path.ends_with("green/1.png"), "{hits:?}");
+    assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
+    let stored = ws.vectors_under("/").unwrap();
+    assert_eq!(stored.len(), 9);
+    let (_, v) = stored
+        .iter()
+        .find(|(r, _)| r.path.ends_with("green/1.png"))
+        .unwrap();
+    let cos: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
+    assert!((cos - 1.0).abs() < 1e-4, "{cos}");
+
+    // Another weight is another space, built from the stored vectors without embedding.
+    let mut other =
+        Workspace::open_fused(&home, effnet(), Some(fusion(0.5)), IndexKind::Flat).unwrap();
+    assert_ne!(other.space_id(), ws.space_id());
+    assert_eq!(other.len(), 9);
+    assert_eq!(other.index_files(&files, 4, &|_| {}).unwrap().skipped, 9);
+}
+
+#[test]
+fn fused_space_needs_image_text() {
+    // The tiny ConvNeXt's classifier has 10 classes, not ImageNet's: its images have no text.
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    let e = Embedder::load("convnext_test", &weights, Device::Cpu, 4).unwrap();
+    let mut ws = Workspace::open_fused(
+        &tmp.path().join("home"),
+        e,
+        Some(fusion(0.8)),
+        IndexKind::Flat,
+    )
+    .unwrap();
+    let err = ws
+        .index_files(&scan(&data).unwrap(), 4, &|_| {})
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("EMBEDDING=fused needs"),
+        "{err:#}"
+    );
+    assert!(ws.is_empty());
 }

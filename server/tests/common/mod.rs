@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a tiny real-architecture model and image folders.
+//! Helpers shared by the integration tests: a tiny real-architecture model, the real models'
+//! locations, and image folders.
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
@@ -17,6 +18,33 @@ pub fn tiny_convnext(dir: &Path) -> PathBuf {
     let out = dir.join("convnext_tiny_test.safetensors");
     candle_core::safetensors::save(&weights, &out).unwrap();
     out
+}
+
+/// The real EfficientNet-Lite0 weights: `KADR_WEIGHTS`, or where setup.sh converts them.
+pub fn effnet_weights() -> PathBuf {
+    let p = std::env::var_os("KADR_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../models/tf_efficientnet_lite0/model.safetensors")
+        });
+    assert!(p.is_file(), "{} missing: run scripts/setup.sh", p.display());
+    p
+}
+
+/// The real all-MiniLM-L6-v2 folder: `KADR_TEXT_MODEL`, or where setup.sh unpacks it.
+pub fn minilm_dir() -> PathBuf {
+    let p = std::env::var_os("KADR_TEXT_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-minilm-l6-v2")
+        });
+    assert!(
+        p.join("model.safetensors").is_file() && p.join("tokenizer.json").is_file(),
+        "{} has no all-MiniLM-L6-v2: run scripts/setup.sh",
+        p.display()
+    );
+    p
 }
 
 /// A deterministic image: a colour per category with a pattern per index.
