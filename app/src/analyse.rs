@@ -276,17 +276,21 @@ fn DropZone(
     let from_input = {
         let on_files = on_files.clone();
         move |ev: leptos::ev::Event| {
-            use wasm_bindgen::JsCast;
             let input: web_sys::HtmlInputElement = event_target(&ev);
             if let Some(list) = input.files() {
                 on_files(crate::upload::file_list(&list));
             }
             input.set_value("");
-            let _ = ev.dyn_ref::<web_sys::Event>();
         }
     };
+    // On the server the handler does nothing, but it must have the same (non-Copy) shape.
     #[cfg(not(feature = "hydrate"))]
-    let from_input = |_: leptos::ev::Event| {};
+    let from_input = {
+        let on_files = on_files.clone();
+        move |_: leptos::ev::Event| {
+            let _ = &on_files;
+        }
+    };
     let on_drop = move |ev: leptos::ev::DragEvent| {
         ev.prevent_default();
         over.set(false);

@@ -364,7 +364,8 @@ mod tests {
             ..Tuning::default()
         };
         let cfg = tuning.validate().unwrap();
-        let text = String::from_utf8(export_rows(&[a.clone()], &tuning, &cfg).unwrap()).unwrap();
+        let text = String::from_utf8(export_rows(std::slice::from_ref(&a), &tuning, &cfg).unwrap())
+            .unwrap();
         let mut r = csv::Reader::from_reader(text.as_bytes());
         let header = r.headers().unwrap().clone();
         assert_eq!(header.len(), 9 + 3 * 3 + 3);

@@ -253,11 +253,7 @@ impl Embedder {
 
     /// The L2-normalised embedding and the top-`k` (class index, probability) of one image,
     /// from one forward pass.
-    pub fn embed_and_classify(
-        &self,
-        img: &RgbImage,
-        k: usize,
-    ) -> Result<(Vec<f32>, Vec<(usize, f32)>)> {
+    pub fn embed_and_classify(&self, img: &RgbImage, k: usize) -> Result<(Vec<f32>, TopClasses)> {
         let data = preprocess_batch(std::slice::from_ref(img), &self.preprocess_spec());
         let mut out = self.forward(&data, 1, k)?;
         Ok((out.vectors.remove(0), out.top.remove(0)))
@@ -313,6 +309,9 @@ impl Embedder {
         Ok(out)
     }
 }
+
+/// The best (class index, probability) pairs of one image, best first.
+pub type TopClasses = Vec<(usize, f32)>;
 
 /// What one forward pass over a set of images gives.
 struct Outputs {

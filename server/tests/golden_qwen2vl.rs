@@ -7,7 +7,6 @@ use kadr::vlm::qwen2vl::{
     rope_index, Config, GenerationParams, ImageInput, LabelScore, Prompt, Qwen2VlModel,
 };
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 struct Golden {
     cfg: Config,
@@ -17,7 +16,7 @@ struct Golden {
 
 fn golden() -> Golden {
     let root = kadr::shared_dir();
-    let dir = PathBuf::from(root).join("golden");
+    let dir = root.join("golden");
     let st = dir.join("qwen2vl_tiny.safetensors");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("qwen2vl_tiny.json")).unwrap())
@@ -249,7 +248,7 @@ fn zero_shot_scores_match_full_forward() {
 #[test]
 fn half_precision_runs() {
     let root = kadr::shared_dir();
-    let st = PathBuf::from(root).join("golden/qwen2vl_tiny.safetensors");
+    let st = root.join("golden/qwen2vl_tiny.safetensors");
     let g = golden();
     for dtype in [DType::BF16, DType::F16] {
         let vb =

@@ -71,7 +71,7 @@ fn tokenizer_json() -> String {
 /// A model folder in hub layout built from the golden file.
 fn model_dir() -> PathBuf {
     let root = kadr::shared_dir();
-    let golden = PathBuf::from(root).join("golden");
+    let golden = root.join("golden");
     let dir = std::env::temp_dir().join(format!("qwen2vl-tiny-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let all = candle_core::safetensors::load(golden.join("qwen2vl_tiny.safetensors"), &Device::Cpu)
