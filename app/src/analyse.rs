@@ -25,7 +25,7 @@ pub async fn analyse(data: MultipartData) -> Result<Vec<FileOutcome>, ApiError> 
     let mut form = data
         .into_inner()
         .ok_or_else(|| ApiError::bad_request("expected multipart/form-data with image files"))?;
-    let limit = blocking(|b| Ok(b.defaults().max_upload_bytes)).await?;
+    let limit = crate::backend::backend()?.defaults().max_upload_bytes;
     let mut files: Vec<(String, Result<Vec<u8>, String>)> = Vec::new();
     while let Some(mut field) = form
         .next_field()
@@ -97,7 +97,7 @@ pub async fn get_analysis(hash: String) -> Result<Analysis, ApiError> {
 /// The server's defaults for tuning and uploads.
 #[server(prefix = "/api/v1", endpoint = "settings", input = GetUrl)]
 pub async fn get_defaults() -> Result<UiDefaults, ApiError> {
-    crate::backend::blocking(|b| Ok(b.defaults())).await
+    Ok(crate::backend::backend()?.defaults())
 }
 
 /// Where one dropped file stands.

@@ -24,7 +24,7 @@ pub async fn get_stats(
     ignore: Option<String>,
 ) -> Result<Stats, ApiError> {
     use crate::backend::blocking;
-    let defaults = blocking(|b| Ok(b.defaults().tuning)).await?;
+    let defaults = crate::backend::backend()?.defaults().tuning;
     if let Some(m) = &mode {
         m.parse::<crate::vote::VoteMode>()
             .map_err(|e| ApiError::invalid("mode", e))?;

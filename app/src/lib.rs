@@ -57,14 +57,18 @@ pub mod backend {
         fn jobs(&self) -> Vec<JobStatus>;
     }
 
+    /// The backend the server provided as context.
+    pub fn backend() -> Result<std::sync::Arc<dyn Backend>, ApiError> {
+        leptos::prelude::use_context::<std::sync::Arc<dyn Backend>>()
+            .ok_or_else(|| ApiError::internal("no backend: the server did not provide one"))
+    }
+
     /// Runs `f` with the backend on tokio's blocking pool, so embedding never stalls the
     /// async workers that serve other requests.
     pub async fn blocking<T: Send + 'static>(
         f: impl FnOnce(&dyn Backend) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        use std::sync::Arc;
-        let backend = leptos::prelude::use_context::<Arc<dyn Backend>>()
-            .ok_or_else(|| ApiError::internal("no backend: the server did not provide one"))?;
+        let backend = backend()?;
         let result = tokio::task::spawn_blocking(move || f(backend.as_ref()))
             .await
             .map_err(|e| ApiError::internal(format!("the engine failed: {e}")))?;

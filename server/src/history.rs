@@ -53,10 +53,7 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 impl History {
     /// Opens (creating if needed) the history at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let conn = crate::store::open_sqlite(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS analyses (
                 model TEXT NOT NULL,

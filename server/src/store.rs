@@ -70,13 +70,20 @@ fn image_row(r: &rusqlite::Row) -> rusqlite::Result<ImageRow> {
     })
 }
 
+/// Opens (creating if needed) an SQLite database the way every kadr database is used: WAL
+/// (a crash loses at most the transaction in flight), NORMAL sync, and a wait on locks.
+pub(crate) fn open_sqlite(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let conn = open_sqlite(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS images (
                 id INTEGER PRIMARY KEY,
