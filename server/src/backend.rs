@@ -153,12 +153,10 @@ impl EngineBackend {
 
     /// `path` relative to the dataset folder holding it.
     fn relative(&self, path: &str) -> String {
-        let folders = self
-            .inner
-            .folders
-            .lock()
-            .map(|f| f.clone())
-            .unwrap_or_default();
+        // Called for every hit: look through the folders under the lock, without copying them.
+        let Ok(folders) = self.inner.folders.lock() else {
+            return path.to_string();
+        };
         folders
             .iter()
             .find_map(|f| Path::new(path).strip_prefix(f).ok())
