@@ -45,6 +45,8 @@ pub struct Settings {
     pub models_dir: PathBuf,
     /// `cpu` or `cuda:N` (`DEVICE`).
     pub device: String,
+    /// `auto` (f16 on a GPU, f32 on the CPU), `f32`, `f16` or `bf16` (`DTYPE`).
+    pub dtype: String,
     /// Images per forward pass (`MAX_BATCH_SIZE`).
     pub max_batch_size: usize,
     /// `flat` (exact), `hnsw` or `ivf` (`INDEX_KIND`).
@@ -114,6 +116,7 @@ impl Settings {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "models".into()),
             device: var("DEVICE").unwrap_or_else(|| "cpu".to_string()),
+            dtype: var("DTYPE").unwrap_or_else(|| "auto".to_string()),
             max_batch_size: var("MAX_BATCH_SIZE")
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0)

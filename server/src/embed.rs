@@ -157,10 +157,24 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     bail!("bad DEVICE {spec:?}: use cpu, cuda or cuda:N")
 }
 
+/// Parses `DTYPE`: `f32`, `f16`, `bf16`, or `auto` (f16 on a GPU, f32 on the CPU, where
+/// half precision has no fast kernels).
+pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType> {
+    match spec.trim().to_ascii_lowercase().as_str() {
+        "auto" | "" => Ok(if device.is_cpu() { DType::F32 } else { DType::F16 }),
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        _ => bail!("bad DTYPE {spec:?}: use auto, f32, f16 or bf16"),
+    }
+}
+
 /// A loaded backbone on a device, with its identity and batch size.
 pub struct Embedder {
     backbone: Box<dyn Backbone>,
     device: Device,
+    /// Weights and activations (f32 on CPU; f16 or bf16 are the fast ones on a GPU).
+    dtype: DType,
     /// `<model>@<first 12 hex of the weights' blake3>`: embeddings from other weights never mix.
     model_id: String,
     max_batch: usize,
@@ -171,15 +185,27 @@ impl Embedder {
     pub fn from_settings(settings: &Settings) -> Result<Self> {
         let weights = resolve_weights(settings)?;
         let device = parse_device(&settings.device)?;
-        Self::load(&settings.model, &weights, device, settings.max_batch_size)
+        let dtype = parse_dtype(&settings.dtype, &device)?;
+        Self::load_as(&settings.model, &weights, device, dtype, settings.max_batch_size)
     }
 
-    /// Loads `model` (a family name) from a safetensors file.
+    /// Loads `model` (a family name) from a safetensors file, in f32.
     pub fn load(model: &str, weights: &Path, device: Device, max_batch: usize) -> Result<Self> {
+        Self::load_as(model, weights, device, DType::F32, max_batch)
+    }
+
+    /// Loads `model` from a safetensors file with weights and activations in `dtype`.
+    pub fn load_as(
+        model: &str,
+        weights: &Path,
+        device: Device,
+        dtype: DType,
+        max_batch: usize,
+    ) -> Result<Self> {
         let bytes = std::fs::read(weights)
             .with_context(|| format!("reading weights {}", weights.display()))?;
         let hash = blake3::hash(&bytes).to_hex();
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
+        let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, &device)
             .with_context(|| format!("{} is not a safetensors file", weights.display()))?;
         let load_err = || format!("{} does not hold {model} weights", weights.display());
         let backbone: Box<dyn Backbone> = match family(model)? {
@@ -197,9 +223,27 @@ impl Embedder {
         Ok(Self {
             backbone,
             device,
+            dtype,
             model_id: format!("{base}@{}", &hash[..12]),
             max_batch: max_batch.max(1),
         })
+    }
+
+    /// The backbone's pooled features for a normalised `[B, 3, H, W]` batch already on this
+    /// embedder's device and in its dtype (no L2 normalisation, no copy back): what the
+    /// benchmarks time against PyTorch's forward pass.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.backbone.features(x)?)
+    }
+
+    /// The device the backbone runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of the backbone's weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Identity of model + weights, stored with every embedding.
@@ -282,7 +326,7 @@ impl Embedder {
         };
         for chunk in data.chunks(self.max_batch * per) {
             let b = chunk.len() / per;
-            let x = Tensor::from_slice(chunk, (b, 3, side, side), &self.device)?;
+            let x = Tensor::from_slice(chunk, (b, 3, side, side), &self.device)?.to_dtype(self.dtype)?;
             let f = self.backbone.features(&x)?;
             let norm = f
                 .sqr()?
