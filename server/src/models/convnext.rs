@@ -6,11 +6,17 @@
 //! every block channels-last with one matmul per layer and only reshapes the conv weights.
 //! v2 (GRN in the MLP, no layer-scale `gamma`) is detected per block from the keys present.
 //! Input is NCHW, already normalised with ImageNet mean/std.
+//!
+//! The network runs channels-last from the stem on ([`super::nhwc`]): the stem and downsample
+//! convs are patch matmuls, each block is depthwise conv → LayerNorm over rows → fc1 with
+//! GELU fused → fc2 with the residual add fused, and the layer-scale `gamma` is folded into
+//! fc2's weight and bias at load time. No layout permute runs between layers.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::depthwise::{depthwise_conv2d_bias, Pad4};
+use super::depthwise::Pad4;
+use super::nhwc::{self, Epilogue};
 
 /// timm's LayerNorm / LayerNorm2d epsilon for ConvNeXt.
 const LN_EPS: f64 = 1e-6;
@@ -106,22 +112,38 @@ impl Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, LN_EPS as f32)
     }
-
-    /// timm `LayerNorm2d`: normalise over channels of an NCHW tensor.
-    fn forward_nchw(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward(&x.permute((0, 2, 3, 1))?)?
-            .permute((0, 3, 1, 2))
-    }
 }
 
-/// A linear layer whose weight may be stored as a 1×1 conv ([out, in, 1, 1]).
-fn fc(cin: usize, cout: usize, conv: bool, vb: VarBuilder) -> Result<Linear> {
-    let w = if conv {
-        vb.get((cout, cin, 1, 1), "weight")?.reshape((cout, cin))?
-    } else {
-        vb.get((cout, cin), "weight")?
-    };
-    Ok(Linear::new(w, Some(vb.get(cout, "bias")?)))
+/// A linear layer as (weight [out, in], bias [out]); the weight may be stored as a 1×1 conv.
+struct Fc {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Fc {
+    fn load(cin: usize, cout: usize, conv: bool, vb: VarBuilder) -> Result<Self> {
+        let w = if conv {
+            vb.get((cout, cin, 1, 1), "weight")?.reshape((cout, cin))?
+        } else {
+            vb.get((cout, cin), "weight")?
+        };
+        Ok(Self {
+            w,
+            b: vb.get(cout, "bias")?,
+        })
+    }
+
+    /// A stride-`k` `k`×`k` conv, as the linear layer over [`nhwc::patches`] rows.
+    fn patchify(cin: usize, cout: usize, k: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            w: nhwc::conv_weight_rows(&vb.get((cout, cin, k, k), "weight")?)?,
+            b: vb.get(cout, "bias")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        nhwc::linear(x, &self.w, &self.b, epilogue)
+    }
 }
 
 /// timm `GlobalResponseNorm` (ConvNeXt v2), channels-last on [B, HW, C].
@@ -140,13 +162,14 @@ impl Grn {
 }
 
 struct Block {
+    /// Depthwise 7×7 weight as [7, 7, C].
     dw_weight: Tensor,
     dw_bias: Tensor,
     norm: Norm,
-    fc1: Linear,
+    fc1: Fc,
     grn: Option<Grn>,
-    fc2: Linear,
-    gamma: Option<Tensor>,
+    /// fc2 with the layer-scale `gamma` folded in (`gamma · (W x + b)`).
+    fc2: Fc,
 }
 
 impl Block {
@@ -161,67 +184,65 @@ impl Block {
         } else {
             None
         };
-        let gamma = if vb.contains_tensor("gamma") {
-            Some(vb.get(dim, "gamma")?)
-        } else {
-            None
-        };
+        let mut fc2 = Fc::load(hidden, dim, conv_mlp, vb.pp("mlp.fc2"))?;
+        if vb.contains_tensor("gamma") {
+            let gamma = vb.get(dim, "gamma")?;
+            fc2 = Fc {
+                w: fc2.w.broadcast_mul(&gamma.unsqueeze(1)?)?,
+                b: (fc2.b * &gamma)?,
+            };
+        }
         Ok(Self {
-            dw_weight: vb.get((dim, 1, 7, 7), "conv_dw.weight")?,
+            dw_weight: nhwc::dw_weight(&vb.get((dim, 1, 7, 7), "conv_dw.weight")?)?,
             dw_bias: vb.get(dim, "conv_dw.bias")?,
             norm: Norm::load(dim, vb.pp("norm"))?,
-            fc1: fc(dim, hidden, conv_mlp, vb.pp("mlp.fc1"))?,
+            fc1: Fc::load(dim, hidden, conv_mlp, vb.pp("mlp.fc1"))?,
             grn,
-            fc2: fc(hidden, dim, conv_mlp, vb.pp("mlp.fc2"))?,
-            gamma,
+            fc2,
         })
     }
 
+    /// `x` [B, H, W, C] → same shape.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let y =
-            depthwise_conv2d_bias(x, &self.dw_weight, Some(&self.dw_bias), 1, Pad4::uniform(3))?;
-        let y = self.norm.forward(&y.permute((0, 2, 3, 1))?)?;
-        // [B*H*W, C] so each MLP layer is a single large matmul.
-        let y = self.fc1.forward(&y.reshape((b * h * w, c))?)?.gelu_erf()?;
+        let (b, h, w, c) = x.dims4()?;
+        let y = nhwc::dwconv(x, &self.dw_weight, &self.dw_bias, 1, Pad4::uniform(3), None)?;
+        // [B·H·W, C] so each MLP layer is a single large matmul.
+        let y = self.norm.forward(&y.reshape((b * h * w, c))?)?;
+        let y = self.fc1.forward(&y, Epilogue::BiasGelu)?;
         let y = match &self.grn {
             Some(grn) => grn
                 .forward(&y.reshape((b, h * w, ()))?)?
                 .reshape((b * h * w, ()))?,
             None => y,
         };
-        let mut y = self.fc2.forward(&y)?;
-        if let Some(gamma) = &self.gamma {
-            y = y.broadcast_mul(gamma)?;
-        }
-        x + y.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?
+        let y = self
+            .fc2
+            .forward(&y, Epilogue::BiasResidual(&x.reshape((b * h * w, c))?))?;
+        y.reshape((b, h, w, c))
     }
 }
 
 struct Stage {
     /// LayerNorm2d + 2×2 stride-2 conv; absent in stage 0, where the stem already downsamples.
-    downsample: Option<(Norm, candle_nn::Conv2d)>,
+    downsample: Option<(Norm, Fc)>,
     blocks: Vec<Block>,
 }
 
 /// timm `ConvNeXt` with its classifier head, inference only.
 pub struct ConvNeXt {
-    stem: (candle_nn::Conv2d, Norm),
+    /// 4×4 stride-4 conv + LayerNorm2d.
+    stem: (Fc, Norm),
     stages: Vec<Stage>,
     head_norm: Norm,
-    head_fc: Option<Linear>,
+    head_fc: Option<Fc>,
 }
 
 impl ConvNeXt {
     /// Loads from timm key names (`stem.*`, `stages.N.*`, `head.norm`, `head.fc`); `head.fc` is
     /// optional so backbone-only checkpoints load too.
     pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let patchify = |k| candle_nn::Conv2dConfig {
-            stride: k,
-            ..Default::default()
-        };
         let stem = (
-            candle_nn::conv2d(3, cfg.dims[0], 4, patchify(4), vb.pp("stem.0"))?,
+            Fc::patchify(3, cfg.dims[0], 4, vb.pp("stem.0"))?,
             Norm::load(cfg.dims[0], vb.pp("stem.1"))?,
         );
         let mut stages = Vec::new();
@@ -234,7 +255,7 @@ impl ConvNeXt {
                 let ds = vb.pp("downsample");
                 Some((
                     Norm::load(prev, ds.pp("0"))?,
-                    candle_nn::conv2d(prev, dim, 2, patchify(2), ds.pp("1"))?,
+                    Fc::patchify(prev, dim, 2, ds.pp("1"))?,
                 ))
             };
             let blocks = (0..depth)
@@ -245,8 +266,8 @@ impl ConvNeXt {
         let last = *cfg.dims.last().unwrap_or(&0);
         let head_norm = Norm::load(last, vb.pp("head.norm"))?;
         let head_fc = if vb.contains_tensor("head.fc.weight") {
-            let w = vb.get_unchecked("head.fc.weight")?;
-            Some(candle_nn::linear(last, w.dim(0)?, vb.pp("head.fc"))?)
+            let classes = vb.get_unchecked("head.fc.weight")?.dim(0)?;
+            Some(Fc::load(last, classes, false, vb.pp("head.fc"))?)
         } else {
             None
         };
@@ -258,12 +279,20 @@ impl ConvNeXt {
         })
     }
 
-    /// Feature map of the last stage, [B, C, H/32, W/32].
+    /// Feature map of the last stage, channels-last: [B, H/32, W/32, C].
     pub fn forward_features(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.stem.1.forward_nchw(&self.stem.0.forward(x)?)?;
+        let (b, _, h, w) = x.dims4()?;
+        let rows = nhwc::patches(&x.permute((0, 2, 3, 1))?, 4)?;
+        let y = self.stem.0.forward(&rows, Epilogue::Bias)?;
+        let mut x = self.stem.1.forward(&y)?.reshape((b, h / 4, w / 4, ()))?;
         for stage in &self.stages {
             if let Some((norm, conv)) = &stage.downsample {
-                x = conv.forward(&norm.forward_nchw(&x)?)?;
+                let (b, h, w, c) = x.dims4()?;
+                let y = norm.forward(&x.reshape((b * h * w, c))?)?;
+                let rows = nhwc::patches(&y.reshape((b, h, w, c))?, 2)?;
+                x = conv
+                    .forward(&rows, Epilogue::Bias)?
+                    .reshape((b, h / 2, w / 2, ()))?;
             }
             for block in &stage.blocks {
                 x = block.forward(&x)?;
@@ -274,14 +303,14 @@ impl ConvNeXt {
 
     /// Global average pool + `head.norm`: the [B, C] embedding.
     pub fn forward_pre_logits(&self, x: &Tensor) -> Result<Tensor> {
-        let pooled = self.forward_features(x)?.mean((2, 3))?;
+        let pooled = self.forward_features(x)?.mean((1, 2))?;
         self.head_norm.forward(&pooled)
     }
 
     /// Pre-logits → class logits (`head.fc`).
     pub fn forward_head(&self, pre_logits: &Tensor) -> Result<Tensor> {
         match &self.head_fc {
-            Some(fc) => fc.forward(pre_logits),
+            Some(fc) => fc.forward(pre_logits, Epilogue::Bias),
             None => candle_core::bail!("this ConvNeXt checkpoint has no head.fc"),
         }
     }

@@ -5,11 +5,16 @@
 //! were trained in TensorFlow, so every k×k conv uses TF "SAME" padding, asymmetric and computed
 //! from the input size, and BatchNorm uses eps 1e-3. BatchNorm is folded into the preceding conv
 //! at load time: inference only, and one pass fewer per layer. Input is RGB `(x - 127) / 128`.
+//!
+//! After the stem the network runs channels-last ([`super::nhwc`]): every 1×1 conv is one
+//! matmul over `[N·H·W, C]` with its bias, ReLU6 or residual add fused, and the depthwise convs
+//! vectorise across channels.
 
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
 
-use super::depthwise::{channel_bias_clamp, depthwise_conv2d_bias_clamp, Pad4};
+use super::depthwise::{channel_bias_clamp, Pad4};
+use super::nhwc::{self, Epilogue};
 
 /// TensorFlow's BatchNorm epsilon, kept by timm for the `tf_` ports.
 const BN_EPS: f64 = 1e-3;
@@ -85,9 +90,9 @@ const RELU6: Option<(f32, f32)> = Some((0.0, 6.0));
 const LINEAR: Option<(f32, f32)> = None;
 
 /// Loads BatchNorm `vb` and folds it into conv weight `w` [out, ...]: returns (w', bias').
-/// Folding is done in f64 so the fused f32 weights round once, not twice.
+/// Folding is done in f64 so the fused weights round once, not twice.
 fn fold_bn(w: Tensor, vb: VarBuilder) -> Result<(Tensor, Tensor)> {
-    let out = w.dim(0)?;
+    let (out, dtype) = (w.dim(0)?, w.dtype());
     let get = |name: &str| -> Result<Tensor> { vb.get(out, name)?.to_dtype(DType::F64) };
     let (gamma, beta) = (get("weight")?, get("bias")?);
     let (mean, var) = (get("running_mean")?, get("running_var")?);
@@ -98,12 +103,14 @@ fn fold_bn(w: Tensor, vb: VarBuilder) -> Result<(Tensor, Tensor)> {
     let w = w
         .to_dtype(DType::F64)?
         .broadcast_mul(&scale.reshape(shape)?)?;
-    Ok((w.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?))
+    Ok((w.to_dtype(dtype)?, bias.to_dtype(dtype)?))
 }
 
 /// A k×k dense conv with TF "SAME" padding and folded BN (only the stem uses it).
 struct ConvSame {
     w: Tensor,
+    /// `w` as [Cout, K·K·Cin] for im2col rows.
+    rows: Tensor,
     b: Tensor,
     stride: usize,
 }
@@ -118,22 +125,39 @@ impl ConvSame {
         bn: VarBuilder,
     ) -> Result<Self> {
         let (w, b) = fold_bn(conv.get((cout, cin, k, k), "weight")?, bn)?;
-        Ok(Self { w, b, stride })
+        Ok(Self {
+            rows: nhwc::conv_weight_rows(&w)?,
+            w,
+            b,
+            stride,
+        })
     }
 
+    /// `x` NCHW → NHWC output.
     fn forward(&self, x: &Tensor, act: Option<(f32, f32)>) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
+        let (n, _, h, w) = x.dims4()?;
         let (_, _, kh, kw) = self.w.dims4()?;
         let p = Pad4::tf_same(h, w, kh, kw, self.stride);
+        if let Some(rows) = nhwc::im2col_nchw(x, kh, self.stride, p)? {
+            let (oh, ow) = (h.div_ceil(self.stride), w.div_ceil(self.stride));
+            let epilogue = match act {
+                Some((lo, hi)) => Epilogue::BiasClamp(lo, hi),
+                None => Epilogue::Bias,
+            };
+            return nhwc::linear(&rows, &self.rows, &self.b, epilogue)?.reshape((n, oh, ow, ()));
+        }
         let x = x
             .pad_with_zeros(2, p.top, p.bottom)?
             .pad_with_zeros(3, p.left, p.right)?;
-        channel_bias_clamp(x.conv2d(&self.w, 0, self.stride, 1, 1)?, &self.b, act)
+        channel_bias_clamp(x.conv2d(&self.w, 0, self.stride, 1, 1)?, &self.b, act)?
+            .permute((0, 2, 3, 1))?
+            .contiguous()
     }
 }
 
 /// Depthwise k×k conv, TF "SAME", folded BN.
 struct DwSame {
+    /// [K, K, C].
     w: Tensor,
     b: Tensor,
     stride: usize,
@@ -142,18 +166,23 @@ struct DwSame {
 impl DwSame {
     fn load(c: usize, k: usize, stride: usize, conv: VarBuilder, bn: VarBuilder) -> Result<Self> {
         let (w, b) = fold_bn(conv.get((c, 1, k, k), "weight")?, bn)?;
-        Ok(Self { w, b, stride })
+        Ok(Self {
+            w: nhwc::dw_weight(&w)?,
+            b,
+            stride,
+        })
     }
 
+    /// `x` [N, H, W, C].
     fn forward(&self, x: &Tensor, act: Option<(f32, f32)>) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let (_, _, kh, kw) = self.w.dims4()?;
+        let (_, h, w, _) = x.dims4()?;
+        let (kh, kw, _) = self.w.dims3()?;
         let p = Pad4::tf_same(h, w, kh, kw, self.stride);
-        depthwise_conv2d_bias_clamp(x, &self.w, Some(&self.b), self.stride, p, act)
+        nhwc::dwconv(x, &self.w, &self.b, self.stride, p, act)
     }
 }
 
-/// 1×1 conv with folded BN, run as one matmul per image (im2col would only copy).
+/// 1×1 conv with folded BN: one matmul over all pixels of the batch.
 struct Pointwise {
     w: Tensor,
     b: Tensor,
@@ -168,10 +197,22 @@ impl Pointwise {
         })
     }
 
-    fn forward(&self, x: &Tensor, act: Option<(f32, f32)>) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let y = self.w.broadcast_matmul(&x.reshape((n, c, h * w))?)?;
-        channel_bias_clamp(y, &self.b, act)?.reshape((n, (), h, w))
+    /// `x` [N, H, W, C]; `residual`, when given, is added (it has the output's shape).
+    fn forward(
+        &self,
+        x: &Tensor,
+        act: Option<(f32, f32)>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (n, h, w, c) = x.dims4()?;
+        let rows = x.reshape((n * h * w, c))?;
+        let r = residual.map(|r| r.reshape((n * h * w, ()))).transpose()?;
+        let epilogue = match (act, &r) {
+            (_, Some(r)) => Epilogue::BiasResidual(r),
+            (Some((lo, hi)), None) => Epilogue::BiasClamp(lo, hi),
+            (None, None) => Epilogue::Bias,
+        };
+        nhwc::linear(&rows, &self.w, &self.b, epilogue)?.reshape((n, h, w, ()))
     }
 }
 
@@ -212,21 +253,17 @@ impl Block {
         }
     }
 
+    /// `x` [N, H, W, C].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (y, skip) = match self {
+        match self {
             Self::DepthwiseSeparable { dw, pw, skip } => {
-                (pw.forward(&dw.forward(x, RELU6)?, LINEAR)?, *skip)
+                pw.forward(&dw.forward(x, RELU6)?, LINEAR, skip.then_some(x))
             }
             Self::InvertedResidual { pw, dw, pwl, skip } => {
-                let y = pw.forward(x, RELU6)?;
+                let y = pw.forward(x, RELU6, None)?;
                 let y = dw.forward(&y, RELU6)?;
-                (pwl.forward(&y, LINEAR)?, *skip)
+                pwl.forward(&y, LINEAR, skip.then_some(x))
             }
-        };
-        if skip {
-            y + x
-        } else {
-            Ok(y)
         }
     }
 }
@@ -236,7 +273,8 @@ pub struct EfficientNetLite {
     stem: ConvSame,
     blocks: Vec<Block>,
     head: Pointwise,
-    classifier: Linear,
+    /// (weight [1000, 1280], bias [1000]).
+    classifier: (Tensor, Tensor),
 }
 
 impl EfficientNetLite {
@@ -259,7 +297,10 @@ impl EfficientNetLite {
             }
         }
         let head = Pointwise::load(cin, NUM_FEATURES, vb.pp("conv_head"), vb.pp("bn2"))?;
-        let classifier = candle_nn::linear(NUM_FEATURES, 1000, vb.pp("classifier"))?;
+        let classifier = (
+            vb.get((1000, NUM_FEATURES), "classifier.weight")?,
+            vb.get(1000, "classifier.bias")?,
+        );
         Ok(Self {
             stem,
             blocks,
@@ -274,12 +315,13 @@ impl EfficientNetLite {
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        let x = self.head.forward(&x, RELU6)?;
-        x.flatten_from(2)?.mean(D::Minus1)
+        let x = self.head.forward(&x, RELU6, None)?;
+        x.flatten(1, 2)?.mean(1)
     }
 
     /// Pooled [B,1280] → ImageNet-1k logits [B,1000].
     pub fn forward_head(&self, pooled: &Tensor) -> Result<Tensor> {
-        self.classifier.forward(pooled)
+        let (w, b) = &self.classifier;
+        nhwc::linear(pooled, w, b, Epilogue::Bias)
     }
 }

@@ -1,5 +1,5 @@
 //! Network definitions on candle: the image embedders kadr runs (EfficientNet-Lite0, ConvNeXt),
-//! the fast CPU depthwise convolution they share, and the importer that turns the PyPI
+//! the channels-last kernels they share (depthwise conv, fused linear layers), and the importer that turns the PyPI
 //! EfficientNet-Lite0 `.pth` into timm-named safetensors.
 //!
 //! Preprocessing, batching and model download live elsewhere; these files only map tensors
@@ -9,3 +9,4 @@ pub mod convnext;
 pub mod depthwise;
 pub mod efficientnet_lite;
 pub mod import_pth;
+pub mod nhwc;
