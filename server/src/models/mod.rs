@@ -9,3 +9,5 @@ pub mod convnext;
 pub mod depthwise;
 pub mod efficientnet_lite;
 pub mod import_pth;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
