@@ -54,7 +54,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<
         Epilogue::Bias => y.broadcast_add(b),
         Epilogue::BiasGelu => bias_gelu(&y, b),
         Epilogue::BiasClamp(lo, hi) => y.broadcast_add(b)?.clamp(lo, hi),
-        Epilogue::BiasResidual(r) => r.apply_op3_no_bwd(&y, b, &ResidualBias),
+        Epilogue::BiasResidual(r) => r
+            .contiguous()?
+            .apply_op3_no_bwd(&y.contiguous()?, &b.contiguous()?, &ResidualBias),
     }
 }
 
