@@ -16,7 +16,13 @@ fn main() {
         return;
     }
     println!("cargo::rerun-if-changed=kernels/kadr_ops.cu");
-    for v in ["CUDA_ROOT", "CUDA_PATH", "CUDA_HOME", "CUDA_COMPUTE_CAP", "NVCC"] {
+    for v in [
+        "CUDA_ROOT",
+        "CUDA_PATH",
+        "CUDA_HOME",
+        "CUDA_COMPUTE_CAP",
+        "NVCC",
+    ] {
         println!("cargo::rerun-if-env-changed={v}");
     }
 
@@ -33,7 +39,11 @@ fn main() {
         .chars()
         .filter(|c| c.is_ascii_digit())
         .collect();
-    let cap = if cap.is_empty() { "90".to_string() } else { cap };
+    let cap = if cap.is_empty() {
+        "90".to_string()
+    } else {
+        cap
+    };
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("kadr_ops.ptx");
     let status = Command::new(&nvcc)
@@ -43,7 +53,12 @@ fn main() {
         .arg("-o")
         .arg(&out)
         .status()
-        .unwrap_or_else(|e| panic!("running {} (feature `cuda` needs nvcc): {e}", nvcc.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {} (feature `cuda` needs nvcc): {e}",
+                nvcc.display()
+            )
+        });
     if !status.success() {
         panic!("{} failed on kernels/kadr_ops.cu: {status}", nvcc.display());
     }

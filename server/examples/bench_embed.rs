@@ -80,8 +80,10 @@ fn check(e: &Embedder, file: &PathBuf) -> Result<serde_json::Value> {
     let dot = (&got * &want)?.sum(1)?;
     let norms = (got.sqr()?.sum(1)?.sqrt()? * want.sqr()?.sum(1)?.sqrt()?)?;
     let min_cos = (dot / norms)?.min(0)?.to_scalar::<f32>()?;
-    Ok(serde_json::json!({"check": file.display().to_string(), "images": x.dim(0)?,
-        "max_abs_diff": max_abs, "min_cosine": min_cos}))
+    Ok(
+        serde_json::json!({"check": file.display().to_string(), "images": x.dim(0)?,
+        "max_abs_diff": max_abs, "min_cosine": min_cos}),
+    )
 }
 
 fn main() -> Result<()> {

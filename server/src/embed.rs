@@ -181,7 +181,11 @@ fn keep_large_allocations() {
 /// half precision has no fast kernels).
 pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType> {
     match spec.trim().to_ascii_lowercase().as_str() {
-        "auto" | "" => Ok(if device.is_cpu() { DType::F32 } else { DType::F16 }),
+        "auto" | "" => Ok(if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::F16
+        }),
         "f32" | "float32" => Ok(DType::F32),
         "f16" | "float16" | "half" => Ok(DType::F16),
         "bf16" | "bfloat16" => Ok(DType::BF16),
@@ -206,7 +210,13 @@ impl Embedder {
         let weights = resolve_weights(settings)?;
         let device = parse_device(&settings.device)?;
         let dtype = parse_dtype(&settings.dtype, &device)?;
-        Self::load_as(&settings.model, &weights, device, dtype, settings.max_batch_size)
+        Self::load_as(
+            &settings.model,
+            &weights,
+            device,
+            dtype,
+            settings.max_batch_size,
+        )
     }
 
     /// Loads `model` (a family name) from a safetensors file, in f32.
@@ -349,7 +359,8 @@ impl Embedder {
         };
         for chunk in data.chunks(self.max_batch * per) {
             let b = chunk.len() / per;
-            let x = Tensor::from_slice(chunk, (b, 3, side, side), &self.device)?.to_dtype(self.dtype)?;
+            let x = Tensor::from_slice(chunk, (b, 3, side, side), &self.device)?
+                .to_dtype(self.dtype)?;
             let f = self.backbone.features(&x)?;
             let norm = f
                 .sqr()?

@@ -63,12 +63,29 @@ pub(crate) fn dwconv_nhwc(
     if wc != c || bc != c {
         bail!("dwconv-nhwc: x has {c} channels, w {wc}, b {bc}")
     }
-    if stride == 0 || kh == 0 || kw == 0 || h + pad.top + pad.bottom < kh || wd + pad.left + pad.right < kw {
+    if stride == 0
+        || kh == 0
+        || kw == 0
+        || h + pad.top + pad.bottom < kh
+        || wd + pad.left + pad.right < kw
+    {
         bail!("dwconv-nhwc: kernel {kh}x{kw} stride {stride} does not fit input {h}x{wd} with {pad:?}")
     }
     let oh = (h + pad.top + pad.bottom - kh) / stride + 1;
     let ow = (wd + pad.left + pad.right - kw) / stride + 1;
-    let g = DwGeom { n, h, w: wd, c, kh, kw, stride, oh, ow, top: pad.top, left: pad.left };
+    let g = DwGeom {
+        n,
+        h,
+        w: wd,
+        c,
+        kh,
+        kw,
+        stride,
+        oh,
+        ow,
+        top: pad.top,
+        left: pad.left,
+    };
     let dev = &x.device;
     let slice = match (&x.slice, &w.slice, &b.slice) {
         (S::F32(x), S::F32(w), S::F32(b)) => S::F32(dw_launch(dev, &g, x, lx, w, lw, b, lb)?),
@@ -76,7 +93,10 @@ pub(crate) fn dwconv_nhwc(
         (S::BF16(x), S::BF16(w), S::BF16(b)) => S::BF16(dw_launch(dev, &g, x, lx, w, lw, b, lb)?),
         _ => bail!("dwconv-nhwc: needs x, w, b of one dtype among f32, f16, bf16"),
     };
-    let out = CudaStorage { slice, device: dev.clone() };
+    let out = CudaStorage {
+        slice,
+        device: dev.clone(),
+    };
     Ok((out, Shape::from((n, oh, ow, c))))
 }
 
@@ -145,19 +165,36 @@ fn dw_launch<T: DeviceRepr + WithDType>(
             let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
             let mut args = func.builder();
             args.arg(&xv).arg(&wv).arg(&bv).arg(&mut out);
-            args.arg(&h).arg(&wd).arg(&c).arg(&oh).arg(&ow).arg(&top).arg(&left);
+            args.arg(&h)
+                .arg(&wd)
+                .arg(&c)
+                .arg(&oh)
+                .arg(&ow)
+                .arg(&top)
+                .arg(&left);
             args.arg(&tiles).arg(&total);
             // SAFETY: argument list matches the kernel's signature; bounds checked above.
             unsafe { args.launch(cfg(blocks(threads, MAX_TILE_BLOCKS))) }.w()?;
         }
         None => {
             let total = el as i64;
-            let (kh, kw, s) = (as_i32(g.kh, "KH")?, as_i32(g.kw, "KW")?, as_i32(g.stride, "stride")?);
+            let (kh, kw, s) = (
+                as_i32(g.kh, "KH")?,
+                as_i32(g.kw, "KW")?,
+                as_i32(g.stride, "stride")?,
+            );
             let name = format!("kadr_dw_generic_{dt}");
             let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
             let mut args = func.builder();
             args.arg(&xv).arg(&wv).arg(&bv).arg(&mut out);
-            args.arg(&h).arg(&wd).arg(&c).arg(&oh).arg(&ow).arg(&kh).arg(&kw).arg(&s);
+            args.arg(&h)
+                .arg(&wd)
+                .arg(&c)
+                .arg(&oh)
+                .arg(&ow)
+                .arg(&kh)
+                .arg(&kw)
+                .arg(&s);
             args.arg(&top).arg(&left).arg(&total);
             // SAFETY: argument list matches the kernel's signature; bounds checked above.
             unsafe { args.launch(cfg(blocks(el, MAX_BLOCKS))) }.w()?;
@@ -181,7 +218,11 @@ fn vec_width<T>(n: usize, offsets: &[usize]) -> usize {
 fn bias_dim(l: &Layout, lb: &Layout, op: &str) -> Result<usize> {
     let n = *l.shape().dims().last().unwrap_or(&1);
     if lb.shape().elem_count() != n || (n == 0 && l.shape().elem_count() != 0) {
-        bail!("{op}: bias {:?} does not match the last dim of {:?}", lb.shape(), l.shape())
+        bail!(
+            "{op}: bias {:?} does not match the last dim of {:?}",
+            lb.shape(),
+            l.shape()
+        )
     }
     Ok(n)
 }
@@ -201,7 +242,13 @@ pub(crate) fn bias_gelu(
         (S::BF16(y), S::BF16(b)) => S::BF16(bias_gelu_launch(dev, n, y, ly, b, lb)?),
         _ => bail!("bias-gelu: needs y, b of one dtype among f32, f16, bf16"),
     };
-    Ok((CudaStorage { slice, device: dev.clone() }, ly.shape().clone()))
+    Ok((
+        CudaStorage {
+            slice,
+            device: dev.clone(),
+        },
+        ly.shape().clone(),
+    ))
 }
 
 fn bias_gelu_launch<T: DeviceRepr + WithDType>(
@@ -245,7 +292,11 @@ pub(crate) fn residual_bias(
     lb: &Layout,
 ) -> Result<(CudaStorage, Shape)> {
     if lx.shape() != ly.shape() {
-        bail!("residual-bias: x {:?} and y {:?} differ", lx.shape(), ly.shape())
+        bail!(
+            "residual-bias: x {:?} and y {:?} differ",
+            lx.shape(),
+            ly.shape()
+        )
     }
     let n = bias_dim(ly, lb, "residual-bias")?;
     let dev = &x.device;
@@ -257,7 +308,13 @@ pub(crate) fn residual_bias(
         }
         _ => bail!("residual-bias: needs x, y, b of one dtype among f32, f16, bf16"),
     };
-    Ok((CudaStorage { slice, device: dev.clone() }, ly.shape().clone()))
+    Ok((
+        CudaStorage {
+            slice,
+            device: dev.clone(),
+        },
+        ly.shape().clone(),
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -289,7 +346,12 @@ fn residual_launch<T: DeviceRepr + WithDType>(
         PTX,
     )?;
     let mut args = func.builder();
-    args.arg(&xv).arg(&yv).arg(&bv).arg(&mut out).arg(&nvec).arg(&ncols);
+    args.arg(&xv)
+        .arg(&yv)
+        .arg(&bv)
+        .arg(&mut out)
+        .arg(&nvec)
+        .arg(&ncols);
     // SAFETY: argument list matches the kernel's signature.
     unsafe { args.launch(cfg(blocks(el / v, MAX_BLOCKS))) }.w()?;
     Ok(out)

@@ -7,10 +7,10 @@
 //! to tensors, with the checkpoint's own key names.
 
 pub mod convnext;
+/// CUDA kernels for the channels-last ops (`kernels/kadr_ops.cu`).
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub mod depthwise;
 pub mod efficientnet_lite;
 pub mod import_pth;
 pub mod nhwc;
-/// CUDA kernels for the channels-last ops (`kernels/kadr_ops.cu`).
-#[cfg(feature = "cuda")]
-pub(crate) mod cuda;

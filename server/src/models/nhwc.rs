@@ -54,9 +54,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<
         Epilogue::Bias => y.broadcast_add(b),
         Epilogue::BiasGelu => bias_gelu(&y, b),
         Epilogue::BiasClamp(lo, hi) => y.broadcast_add(b)?.clamp(lo, hi),
-        Epilogue::BiasResidual(r) => r
-            .contiguous()?
-            .apply_op3_no_bwd(&y.contiguous()?, &b.contiguous()?, &ResidualBias),
+        Epilogue::BiasResidual(r) => {
+            r.contiguous()?
+                .apply_op3_no_bwd(&y.contiguous()?, &b.contiguous()?, &ResidualBias)
+        }
     }
 }
 
@@ -97,11 +98,15 @@ pub fn dwconv(
     if native && same {
         // The CPU kernel fuses the clamp; on CUDA it is a separate op.
         let fused = if x.device().is_cpu() { clamp } else { None };
-        let y = x.apply_op3_no_bwd(&w, &b, &DwConv {
-            stride,
-            pad,
-            clamp: fused,
-        })?;
+        let y = x.apply_op3_no_bwd(
+            &w,
+            &b,
+            &DwConv {
+                stride,
+                pad,
+                clamp: fused,
+            },
+        )?;
         return match (fused, clamp) {
             (None, Some((lo, hi))) => y.clamp(lo, hi),
             _ => Ok(y),
@@ -184,7 +189,11 @@ pub fn im2col_nchw(x: &Tensor, k: usize, stride: usize, pad: Pad4) -> Result<Opt
             }
         });
     drop(xs);
-    Ok(Some(Tensor::from_vec(out, (n * oh * ow, cols), x.device())?))
+    Ok(Some(Tensor::from_vec(
+        out,
+        (n * oh * ow, cols),
+        x.device(),
+    )?))
 }
 
 /// A PyTorch conv weight [Cout, Cin, KH, KW] as the [Cout, KH·KW·Cin] matrix that multiplies
@@ -249,11 +258,6 @@ fn simd() -> bool {
 
 /// exact-erf GELU, `0.5·x·(1 + erf(x/√2))`, with a vectorisable erf.
 #[inline(always)]
-pub(crate) fn gelu_erf(x: f32) -> f32 {
-    gelu_erf_with::<Plain>(x)
-}
-
-#[inline(always)]
 fn gelu_erf_with<M: Madd>(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_with::<M>(x * std::f32::consts::FRAC_1_SQRT_2))
 }
@@ -262,12 +266,9 @@ fn gelu_erf_with<M: Madd>(x: f32) -> f32 {
 /// error under 1e-6, saturating beyond). Only multiply-adds and one division, so loops over it
 /// vectorise, unlike libm's `erff`, which cost more than the rest of GELU on CPU.
 #[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
-    erf_with::<Plain>(x)
-}
-
-#[inline(always)]
 fn erf_with<M: Madd>(x: f32) -> f32 {
+    // Not `clamp`: its NaN checks keep the loop from vectorising.
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-4.0).min(4.0);
     let x2 = x * x;
     let mut p = M::madd(x2, -2.726_142_3e-10, 2.770_681_4e-8);
@@ -285,6 +286,7 @@ fn erf_with<M: Madd>(x: f32) -> f32 {
 
 /// What an epilogue applies to `value + bias`.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "openblas"), allow(dead_code))]
 enum Act {
     Identity,
     Gelu,
@@ -376,12 +378,18 @@ mod cpu {
     const NO_TRANS: i32 = 111;
     const TRANS: i32 = 112;
 
-    /// Output rows per task: enough work per sgemm call that packing the weight is noise, few
-    /// enough that a task's output (≤ 256 KiB) is still in cache when its epilogue runs.
-    fn rows_per_task(m: usize, n: usize, threads: usize) -> usize {
-        let by_cache = (65536 / n.max(1)).max(16);
-        let by_balance = m.div_ceil(threads * 4).max(16);
-        by_cache.min(by_balance)
+    /// A raw output pointer shared by tasks that write disjoint columns.
+    #[derive(Clone, Copy)]
+    struct Out(*mut f32);
+    // SAFETY: each task writes only its own column range of the output.
+    unsafe impl Send for Out {}
+    unsafe impl Sync for Out {}
+
+    impl Out {
+        /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+        fn get(&self) -> *mut f32 {
+            self.0
+        }
     }
 
     /// One thread's block: `y` [rows, n] = `x` [rows, k] · `w`ᵀ; returns `y`, now written.
@@ -449,31 +457,72 @@ mod cpu {
             Epilogue::BiasGelu => Act::Gelu,
             Epilogue::BiasClamp(lo, hi) => Act::Clamp(lo, hi),
         };
-        let rows = rows_per_task(m, n, rayon::current_num_threads());
-        // Uninitialised: sgemm with beta 0 writes every element before anything reads it.
+        // One sgemm per thread. Each call packs all of its slice of `x` and of `w`, so split
+        // the larger of the two dimensions: rows for large batches and early stages, columns
+        // (output channels) where the weight is larger than the activations (batch 1, late
+        // stages), so no thread repacks the whole weight.
+        let threads = rayon::current_num_threads().max(1);
         let mut y: Vec<f32> = Vec::with_capacity(m * n);
-        y.spare_capacity_mut()[..m * n]
-            .par_chunks_mut(rows * n)
-            .enumerate()
-            .for_each(|(i, yc)| {
-                let r0 = i * rows;
-                let xc = &xv[r0 * k..(r0 + yc.len() / n) * k];
-                let yc = block(xc, wv, yc, k, n);
-                match rv {
-                    Some(rv) => residual_block(yc, &rv[r0 * n..r0 * n + yc.len()], bv),
-                    None => {
-                        #[cfg(target_arch = "x86_64")]
-                        if simd {
-                            // SAFETY: `simd` is true only where the CPU reports AVX2 and FMA.
-                            return unsafe { act_block_fma(yc, bv, act) };
+        if m >= n || threads == 1 {
+            let rows = m.div_ceil(threads).max(1);
+            // Uninitialised: sgemm with beta 0 writes every element before anything reads it.
+            y.spare_capacity_mut()[..m * n]
+                .par_chunks_mut(rows * n)
+                .enumerate()
+                .for_each(|(i, yc)| {
+                    let r0 = i * rows;
+                    let xc = &xv[r0 * k..(r0 + yc.len() / n) * k];
+                    let yc = block(xc, wv, yc, k, n);
+                    match rv {
+                        Some(rv) => residual_block(yc, &rv[r0 * n..r0 * n + yc.len()], bv),
+                        None => {
+                            #[cfg(target_arch = "x86_64")]
+                            if simd {
+                                // SAFETY: `simd` is true only where the CPU reports AVX2 and FMA.
+                                return unsafe { act_block_fma(yc, bv, act) };
+                            }
+                            act_block::<Plain>(yc, bv, act)
                         }
-                        act_block::<Plain>(yc, bv, act)
                     }
-                }
-            });
-        drop((xs, ws, bs, rs));
-        // SAFETY: every block above was written by sgemm.
+                });
+            drop((xs, ws, bs, rs));
+            // SAFETY: every block above was written by sgemm.
+            unsafe { y.set_len(m * n) };
+            return Tensor::from_vec(y, (m, n), x.device());
+        }
+        let cols = n.div_ceil(threads).next_multiple_of(16).min(n);
+        let out = Out(y.as_mut_ptr());
+        (0..n.div_ceil(cols)).into_par_iter().for_each(|t| {
+            let (c0, width) = (t * cols, cols.min(n - t * cols));
+            // SAFETY: rows of x (m×k) times rows c0..c0+width of w (n×k) into columns
+            // c0..c0+width of y (m×n, capacity m·n, row stride n); tasks write disjoint columns
+            // and sizes fit i32 (checked above).
+            unsafe {
+                cblas_sgemm(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    TRANS,
+                    m as i32,
+                    width as i32,
+                    k as i32,
+                    1.0,
+                    xv.as_ptr(),
+                    k as i32,
+                    wv.as_ptr().add(c0 * k),
+                    k as i32,
+                    0.0,
+                    out.get().add(c0),
+                    n as i32,
+                )
+            };
+        });
+        // SAFETY: the column blocks above cover every element.
         unsafe { y.set_len(m * n) };
+        match rv {
+            Some(rv) => residual_rows_in_place(&mut y, rv, bv),
+            None => rows_in_place(&mut y, bv, act),
+        }
+        drop((xs, ws, bs, rs));
         Tensor::from_vec(y, (m, n), x.device())
     }
 
@@ -739,8 +788,8 @@ impl Geometry {
             }
         }
         let (lo, hi) = self.clamp;
-        for l in 0..L {
-            acc[l] = acc[l].max(lo).min(hi);
+        for a in acc.iter_mut() {
+            *a = a.max(lo).min(hi);
         }
         o[c0..c0 + L].copy_from_slice(&acc);
     }
@@ -787,7 +836,13 @@ mod tests {
             .unwrap()
             .pad_with_zeros(3, p.left, p.right)
             .unwrap()
-            .conv2d(&w.permute((2, 0, 1)).unwrap().unsqueeze(1).unwrap(), 0, stride, 1, c)
+            .conv2d(
+                &w.permute((2, 0, 1)).unwrap().unsqueeze(1).unwrap(),
+                0,
+                stride,
+                1,
+                c,
+            )
             .unwrap()
             .permute((0, 2, 3, 1))
             .unwrap()
@@ -824,7 +879,7 @@ mod tests {
             let d = max_diff(&fast, &slow);
             assert!(d <= 1e-4, "c{c} k{k} s{s} {p:?}: max abs diff {d}");
             let clamped = dwconv(&x, &wt, &b, s, p, Some((0.0, 6.0))).unwrap();
-            assert_eq!(max_diff(&clamped, &slow.clamp(0f32, 6f32).unwrap()) <= 1e-4, true);
+            assert!(max_diff(&clamped, &slow.clamp(0f32, 6f32).unwrap()) <= 1e-4);
         }
     }
 
@@ -843,7 +898,7 @@ mod tests {
         let mut worst = 0f32;
         for i in -6000..=6000 {
             let x = i as f32 / 1000.0;
-            worst = worst.max((erf(x) - libm_erf(x)).abs());
+            worst = worst.max((erf_with::<Plain>(x) - libm_erf(x)).abs());
         }
         assert!(worst < 2e-6, "worst erf error {worst}");
     }
@@ -863,35 +918,38 @@ mod tests {
 
     #[test]
     fn linear_epilogues_match_tensor_ops() {
-        let x = randn(&[37, 24]);
-        let w = randn(&[19, 24]);
-        let b = randn(&[19]);
-        let r = randn(&[37, 19]);
-        let plain = x
-            .matmul(&w.t().unwrap())
-            .unwrap()
-            .broadcast_add(&b)
-            .unwrap();
-        let cases = [
-            (linear(&x, &w, &b, Epilogue::Bias).unwrap(), plain.clone()),
-            (
-                linear(&x, &w, &b, Epilogue::BiasGelu).unwrap(),
-                plain.gelu_erf().unwrap(),
-            ),
-            (
-                linear(&x, &w, &b, Epilogue::BiasClamp(0.0, 6.0)).unwrap(),
-                plain.clamp(0f32, 6f32).unwrap(),
-            ),
-            (
-                linear(&x, &w, &b, Epilogue::BiasResidual(&r)).unwrap(),
-                (&plain + &r).unwrap(),
-            ),
-        ];
-        for (i, (got, want)) in cases.iter().enumerate() {
-            let d = max_diff(got, want);
-            assert!(d < 1e-4, "epilogue {i}: max abs diff {d}");
+        // More rows than columns (split by rows) and fewer (split by output channels).
+        for (m, k, n) in [(37, 24, 19), (5, 24, 70), (1, 33, 1000)] {
+            let x = randn(&[m, k]);
+            let w = randn(&[n, k]);
+            let b = randn(&[n]);
+            let r = randn(&[m, n]);
+            let plain = x
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let cases = [
+                (linear(&x, &w, &b, Epilogue::Bias).unwrap(), plain.clone()),
+                (
+                    linear(&x, &w, &b, Epilogue::BiasGelu).unwrap(),
+                    plain.gelu_erf().unwrap(),
+                ),
+                (
+                    linear(&x, &w, &b, Epilogue::BiasClamp(0.0, 6.0)).unwrap(),
+                    plain.clamp(0f32, 6f32).unwrap(),
+                ),
+                (
+                    linear(&x, &w, &b, Epilogue::BiasResidual(&r)).unwrap(),
+                    (&plain + &r).unwrap(),
+                ),
+            ];
+            for (i, (got, want)) in cases.iter().enumerate() {
+                let d = max_diff(got, want);
+                assert!(d < 1e-4, "{m}x{k}x{n} epilogue {i}: max abs diff {d}");
+            }
+            assert!(linear(&x, &w.t().unwrap(), &b, Epilogue::Bias).is_err());
         }
-        assert!(linear(&x, &w.t().unwrap(), &b, Epilogue::Bias).is_err());
     }
 
     #[test]
