@@ -71,17 +71,6 @@ fn clamp_all(v: &mut [f32], clamp: Option<(f32, f32)>) {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let (start, end) = match l.contiguous_offsets() {
-        Some(o) => o,
-        None => candle_core::bail!("depthwise: non-contiguous operand"),
-    };
-    match s {
-        CpuStorage::F32(v) => Ok(&v[start..end]),
-        _ => candle_core::bail!("depthwise: f32 only"),
-    }
-}
-
 struct ChannelBiasClamp {
     clamp: Option<(f32, f32)>,
 }
@@ -98,7 +87,7 @@ impl InplaceOp2 for ChannelBiasClamp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let b = f32_slice(s2, l2)?;
+        let b = super::nhwc::f32s(s2, l2, "channel-bias-clamp")?;
         let dims = l1.shape().dims();
         let (c, inner) = (dims[1], dims[2..].iter().product::<usize>().max(1));
         let (start, end) = match l1.contiguous_offsets() {

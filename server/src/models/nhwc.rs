@@ -212,7 +212,7 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
     }
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     match s {
         CpuStorage::F32(v) => contiguous(v, l, what),
         _ => candle_core::bail!("{what}: the CPU kernel takes f32"),
@@ -299,14 +299,19 @@ fn rows_in_place(y: &mut [f32], b: &[f32], act: Act) {
     let simd = simd();
     // Blocks of whole rows, ~64 KiB each, so rayon's per-task cost stays small.
     let rows = (16384 / n.max(1)).max(1);
-    y.par_chunks_mut(rows * n).for_each(|block| {
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: `simd` is true only where the CPU reports AVX2 and FMA.
-            return unsafe { act_block_fma(block, b, act) };
-        }
-        act_block::<Plain>(block, b, act)
-    });
+    y.par_chunks_mut(rows * n)
+        .for_each(|block| act_block_dispatch(block, b, act, simd));
+}
+
+/// [`act_block`] in its AVX2+FMA build where `simd` (from [`simd`]), else the baseline one.
+fn act_block_dispatch(block: &mut [f32], b: &[f32], act: Act, simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is true only where the CPU reports AVX2 and FMA.
+        return unsafe { act_block_fma(block, b, act) };
+    }
+    let _ = simd;
+    act_block::<Plain>(block, b, act)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -475,14 +480,7 @@ mod cpu {
                     let yc = block(xc, wv, yc, k, n);
                     match rv {
                         Some(rv) => residual_block(yc, &rv[r0 * n..r0 * n + yc.len()], bv),
-                        None => {
-                            #[cfg(target_arch = "x86_64")]
-                            if simd {
-                                // SAFETY: `simd` is true only where the CPU reports AVX2 and FMA.
-                                return unsafe { act_block_fma(yc, bv, act) };
-                            }
-                            act_block::<Plain>(yc, bv, act)
-                        }
+                        None => act_block_dispatch(yc, bv, act, simd),
                     }
                 });
             drop((xs, ws, bs, rs));
