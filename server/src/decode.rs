@@ -1,10 +1,13 @@
-//! Decode: image bytes → upright RGB pixels. JPEG, PNG, WebP, GIF (first frame) and BMP;
-//! EXIF orientation applied; alpha composited onto white. Nothing else is accepted.
+//! Decode: image bytes → upright RGB pixels. JPEG, PNG, WebP, GIF and BMP (animations: the
+//! first frame); EXIF orientation applied; alpha composited onto white; 16-bit and CMYK
+//! converted to 8-bit RGB. Nothing else is accepted, and nothing is decoded before the header
+//! says the image fits the pixel limit (decompression bombs are refused unread).
 
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 
-/// Largest image (in pixels) we agree to decode; bigger ones are refused from the header.
+/// Default largest image (in pixels) we agree to decode (`MAX_PIXELS`); bigger ones are refused
+/// from the header. 100 MP covers the largest phone and camera photos.
 pub const MAX_PIXELS: u64 = 100_000_000;
 
 /// Why an image could not be decoded, in words a user can act on.
@@ -16,10 +19,32 @@ pub enum DecodeError {
     Unsupported,
     #[error("{format} images are not supported (use JPEG, PNG, WebP, GIF or BMP)")]
     OtherFormat { format: String },
-    #[error("image is too large: {width}×{height} pixels (limit {MAX_PIXELS})")]
-    TooLarge { width: u32, height: u32 },
+    #[error("image is too large: {width}×{height} pixels (limit {limit})")]
+    TooLarge { width: u32, height: u32, limit: u64 },
     #[error("corrupt or truncated {format} image: {reason}")]
     Corrupt { format: String, reason: String },
+}
+
+impl DecodeError {
+    /// The HTTP status this refusal answers: 413 too large, 415 not a supported image, 422
+    /// unreadable content.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::TooLarge { .. } => 413,
+            Self::Unsupported | Self::OtherFormat { .. } => 415,
+            Self::Empty | Self::Corrupt { .. } => 422,
+        }
+    }
+
+    /// A short stable name for metrics and statistics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Unsupported | Self::OtherFormat { .. } => "unsupported",
+            Self::TooLarge { .. } => "too_large",
+            Self::Corrupt { .. } => "corrupt",
+        }
+    }
 }
 
 /// The formats we decode; the rest are refused even if the `image` crate could read them.
@@ -34,8 +59,14 @@ fn supported(format: ImageFormat) -> bool {
     )
 }
 
-/// Decodes `bytes`, sniffing the format from the content (never from a file name).
+/// Decodes `bytes` under the default pixel limit; see [`decode_limited`].
 pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+    decode_limited(bytes, MAX_PIXELS)
+}
+
+/// Decodes `bytes`, sniffing the format from the content (never from a file name), refusing
+/// images of more than `max_pixels` pixels before any pixel is decoded.
+pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -50,8 +81,19 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
         format: name.clone(),
         reason: e.to_string(),
     };
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a truncated scan with grey rather than failing.
+        return Err(DecodeError::Corrupt {
+            format: name,
+            reason: "truncated (no end-of-image marker after the image data)".into(),
+        });
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader.no_limits();
+    // The decoders' own allocations (frames, metadata such as EXIF or ICC blocks) stay within
+    // what the largest allowed image needs: 4 channels of 16 bits, plus slack.
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
@@ -60,8 +102,12 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
             reason: "zero-sized image".into(),
         });
     }
-    if u64::from(width) * u64::from(height) > MAX_PIXELS {
-        return Err(DecodeError::TooLarge { width, height });
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            limit: max_pixels,
+        });
     }
     // Orientation is best effort: a broken EXIF block should not make a good image unusable.
     let orientation = decoder
@@ -70,6 +116,37 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
     Ok(flatten_onto_white(img))
+}
+
+/// Whether a JPEG has an end-of-image marker after the start of its first scan. Markers before
+/// the scan are walked by their lengths, so an EXIF thumbnail's own end marker does not count;
+/// inside scans a 0xFF byte is always followed by 0x00 or a restart marker, so the first
+/// `FF D9` after the scan starts is the image's end. Data after it (a phone's motion-photo
+/// trailer) is allowed.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        let marker = bytes[i + 1];
+        match marker {
+            // Fill bytes before a marker.
+            0xFF => i += 1,
+            // Standalone markers without a length.
+            0x01 | 0xD0..=0xD7 => i += 2,
+            0xD9 => return false, // end before any scan
+            _ => {
+                let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+                if marker == 0xDA {
+                    let scan = (i + 2 + len).min(bytes.len());
+                    return bytes[scan..].windows(2).any(|w| w == [0xFF, 0xD9]);
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    false
 }
 
 /// Composites any alpha channel onto white and converts to 8-bit RGB.

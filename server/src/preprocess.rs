@@ -54,40 +54,69 @@ impl PreprocessSpec {
     }
 }
 
+/// Resized images larger than this many times `resize_shorter²` (aspect ratios past 16:1) are
+/// not resized whole: only the window the crop keeps is. A 1×4,000,000 strip would otherwise be
+/// resized to 256×1,024,000,000 pixels first (found by fuzzing).
+const WHOLE_RESIZE_MAX: u64 = 16;
+
+fn resizer_options() -> ResizeOptions {
+    ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
+}
+
+/// Resizes `img` to `rw × rh` (or the `crop` window of it, in source coordinates).
+fn resize(img: &RgbImage, rw: u32, rh: u32, crop: Option<[f64; 4]>) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3)
+        .expect("RgbImage buffer matches its size");
+    let mut dst = Image::new(rw, rh, PixelType::U8x3);
+    let mut opts = resizer_options();
+    if let Some([left, top, width, height]) = crop {
+        opts = opts.crop(left, top, width, height);
+    }
+    Resizer::new()
+        .resize(&src, &mut dst, &opts)
+        .expect("same pixel type on both sides");
+    RgbImage::from_raw(rw, rh, dst.into_vec()).expect("resizer output matches its size")
+}
+
 /// Resizes and crops to `crop × crop`, exactly in torchvision's geometry.
 pub fn resize_and_crop(img: &RgbImage, spec: &PreprocessSpec) -> RgbImage {
     let (w, h) = img.dimensions();
-    let s = spec.resize_shorter;
+    let s = u64::from(spec.resize_shorter);
     let long = |l: u32, short: u32| {
-        let x = f64::from(s) * f64::from(l) / f64::from(short);
+        let x = s as f64 * f64::from(l) / f64::from(short);
         (if spec.round_long_side {
             x.round()
         } else {
             x.floor()
-        }) as u32
+        }) as u64
     };
     let (rw, rh) = if w <= h {
         (s, long(h, w))
     } else {
         (long(w, h), s)
     };
-    let resized = if (rw, rh) == (w, h) {
-        img.clone()
-    } else {
-        let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3)
-            .expect("RgbImage buffer matches its size");
-        let mut dst = Image::new(rw, rh, PixelType::U8x3);
-        let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-        Resizer::new()
-            .resize(&src, &mut dst, &opts)
-            .expect("same pixel type on both sides");
-        RgbImage::from_raw(rw, rh, dst.into_vec()).expect("resizer output matches its size")
-    };
-    let c = spec.crop.min(rw).min(rh);
+    let c = u64::from(spec.crop).min(rw).min(rh);
     // torchvision: int(round((h - crop) / 2)), and Python rounds half to even.
-    let top = ((f64::from(rh - c)) / 2.0).round_ties_even() as u32;
-    let left = ((f64::from(rw - c)) / 2.0).round_ties_even() as u32;
-    image::imageops::crop_imm(&resized, left, top, c, c).to_image()
+    let top = ((rh - c) as f64 / 2.0).round_ties_even() as u64;
+    let left = ((rw - c) as f64 / 2.0).round_ties_even() as u64;
+    let c32 = c as u32;
+    if (rw, rh) == (u64::from(w), u64::from(h)) {
+        return image::imageops::crop_imm(img, left as u32, top as u32, c32, c32).to_image();
+    }
+    if rw * rh <= WHOLE_RESIZE_MAX * s * s {
+        let resized = resize(img, rw as u32, rh as u32, None);
+        return image::imageops::crop_imm(&resized, left as u32, top as u32, c32, c32).to_image();
+    }
+    // The window of the source that lands in the crop, at the same scale.
+    let (sx, sy) = (f64::from(w) / rw as f64, f64::from(h) / rh as f64);
+    let window = [
+        left as f64 * sx,
+        top as f64 * sy,
+        c as f64 * sx,
+        c as f64 * sy,
+    ];
+    resize(img, c32, c32, Some(window))
 }
 
 /// Full preprocessing of one image into CHW f32 (length `spec.numel()`).
@@ -125,6 +154,59 @@ mod tests {
         assert_eq!(x.len(), spec.numel());
         assert_eq!(x[0], (10.0 - 127.0) / 128.0);
         assert_eq!(x[224 * 224], (20.0 - 127.0) / 128.0);
+    }
+
+    #[test]
+    fn thin_images_resize_only_the_cropped_window_with_the_same_result() {
+        let spec = PreprocessSpec::efficientnet_lite();
+        // 20:1, past the whole-resize limit: compare with resizing it whole.
+        let img = RgbImage::from_fn(30, 600, |x, y| {
+            image::Rgb([(x * 8) as u8, (y % 256) as u8, ((x * y) % 251) as u8])
+        });
+        let windowed = resize_and_crop(&img, &spec);
+        let (rw, rh) = (256, 5120);
+        let whole = resize(&img, rw, rh, None);
+        let whole = image::imageops::crop_imm(&whole, 16, (5120 - 224) / 2, 224, 224).to_image();
+        assert_eq!(windowed.dimensions(), (224, 224));
+        let worst = windowed
+            .as_raw()
+            .iter()
+            .zip(whole.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "differs by {worst} grey levels");
+        // A 1-pixel-wide strip of 4 million pixels is quick and small.
+        let strip = RgbImage::from_pixel(1, 4_000_000, image::Rgb([7, 8, 9]));
+        let out = resize_and_crop(&strip, &spec);
+        assert_eq!(out.dimensions(), (224, 224));
+        assert!(out.pixels().all(|p| p.0 == [7, 8, 9]));
+    }
+
+    /// Inputs the fuzzer found to take seconds or gigabytes before the fix: each now
+    /// preprocesses into a normal model input.
+    #[test]
+    fn fuzz_regressions_preprocess_normally() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/regressions");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "md") {
+                continue;
+            }
+            let img = crate::decode::decode(&std::fs::read(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for spec in [
+                PreprocessSpec::efficientnet_lite(),
+                PreprocessSpec::imagenet(224, 0.875),
+            ] {
+                let x = preprocess(&img, &spec);
+                assert_eq!(x.len(), spec.numel(), "{}", path.display());
+                assert!(x.iter().all(|v| v.is_finite()));
+            }
+            seen += 1;
+        }
+        assert!(seen >= 4, "{seen} regression inputs");
     }
 
     #[test]
