@@ -17,24 +17,62 @@ use std::sync::Arc;
 /// Most files one upload request may carry.
 pub const MAX_FILES_PER_REQUEST: usize = 100;
 
+/// Longest file name accepted, in bytes (the common file-system limit).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Why a file name is refused: names are shown and exported, never used as paths, but one
+/// with a path separator or control characters is a client bug or an attack, not a photo.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_BYTES {
+        Err(format!("file name longer than {MAX_NAME_BYTES} bytes"))
+    } else if name.contains(['/', '\\']) {
+        Err("file name contains a path separator".into())
+    } else if name.chars().any(char::is_control) {
+        Err("file name contains control characters".into())
+    } else if name == "." || name == ".." {
+        Err("file name is a path component".into())
+    } else {
+        Ok(())
+    }
+}
+
 /// Analyses every file of a multipart form (any field name; the file name is kept). Files that
-/// are refused (too large, not an image, corrupt) get an error each; the others are analysed.
+/// are refused (too large, not an image, corrupt, a bad name) get an error each, with the status
+/// they would get alone; the others are analysed. When no file could be analysed the answer is
+/// that 4xx (422 when the reasons differ), with one error per file in `details`.
 #[server(prefix = "/api/v1", endpoint = "analyse", input = MultipartFormData)]
 pub async fn analyse(data: MultipartData) -> Result<Vec<FileOutcome>, ApiError> {
     use crate::backend::blocking;
+    let backend = crate::backend::backend()?;
+    // Wait for a place before reading the body: waiting requests hold no file in memory.
+    let slot = backend
+        .admit()
+        .await
+        .inspect_err(|e| e.set_response_status())?;
     let mut form = data
         .into_inner()
         .ok_or_else(|| ApiError::bad_request("expected multipart/form-data with image files"))?;
-    let limit = crate::backend::backend()?.defaults().max_upload_bytes;
-    let mut files: Vec<(String, Result<Vec<u8>, String>)> = Vec::new();
+    let limit = backend.defaults().max_upload_bytes;
+    let body_error = |e: &dyn std::fmt::Debug, what: String| {
+        // The server's request-size limit cuts the body stream short.
+        if format!("{e:?}").contains("length limit exceeded") {
+            ApiError::new(
+                413,
+                "the request is larger than the server's limit: send fewer files per request",
+            )
+        } else {
+            ApiError::bad_request(what)
+        }
+    };
+    let mut files: Vec<(String, Result<Vec<u8>, ApiError>)> = Vec::new();
     while let Some(mut field) = form
         .next_field()
         .await
-        .map_err(|e| ApiError::bad_request(format!("unreadable multipart body: {e}")))?
+        .map_err(|e| body_error(&e, format!("unreadable multipart body: {e}")))?
     {
         if files.len() == MAX_FILES_PER_REQUEST {
-            return Err(ApiError::new(
-                413,
+            return Err(ApiError::invalid(
+                "files",
                 format!(
                     "more than {MAX_FILES_PER_REQUEST} files in one request: send them in batches"
                 ),
@@ -50,18 +88,24 @@ pub async fn analyse(data: MultipartData) -> Result<Vec<FileOutcome>, ApiError> 
         while let Some(chunk) = field
             .chunk()
             .await
-            .map_err(|e| ApiError::bad_request(format!("{name}: upload interrupted: {e}")))?
+            .map_err(|e| body_error(&e, format!("{name}: upload interrupted: {e}")))?
         {
             // Keep reading (and dropping) so the next field can be parsed.
             if too_large || (bytes.len() + chunk.len()) as u64 > limit {
                 too_large = true;
-                bytes.clear();
+                bytes = Vec::new();
                 continue;
             }
             bytes.extend_from_slice(&chunk);
         }
-        let bytes = if too_large {
-            Err(format!("larger than the {} MB limit", limit / 1_000_000))
+        let bytes = if let Err(why) = check_file_name(&name) {
+            Err(ApiError::file(422, &name, why))
+        } else if too_large {
+            Err(ApiError::file(
+                413,
+                &name,
+                format!("larger than the {} MB limit", limit / 1_000_000),
+            ))
         } else {
             Ok(bytes)
         };
@@ -70,16 +114,59 @@ pub async fn analyse(data: MultipartData) -> Result<Vec<FileOutcome>, ApiError> 
     if files.is_empty() {
         return Err(ApiError::invalid("files", "no files in the request"));
     }
-    blocking(move |b| {
+    let outcomes = blocking(move |b| {
+        let _slot = slot;
         Ok(files
             .into_iter()
             .map(|(name, bytes)| match bytes {
                 Ok(bytes) => b.analyse(&name, &bytes),
                 Err(why) => b.refuse(&name, why),
             })
-            .collect())
+            .collect::<Vec<FileOutcome>>())
     })
-    .await
+    .await?;
+    if outcomes.iter().any(|o| o.analysis.is_some()) {
+        // The per-file errors set the response's status as they were made; the batch is a
+        // success.
+        if let Some(res) = use_context::<leptos_axum::ResponseOptions>() {
+            res.set_status(http::StatusCode::OK);
+        }
+        return Ok(outcomes);
+    }
+    Err(all_refused(outcomes))
+}
+
+/// The error for an upload none of whose files could be analysed.
+#[cfg(feature = "ssr")]
+fn all_refused(outcomes: Vec<FileOutcome>) -> ApiError {
+    let details: Vec<ApiError> = outcomes
+        .into_iter()
+        .map(|o| {
+            o.error
+                .unwrap_or_else(|| ApiError::file(500, o.name, "no result"))
+        })
+        .collect();
+    let first = details[0].status;
+    let status = if details.iter().all(|d| d.status == first) {
+        first
+    } else {
+        422
+    };
+    let mut e = match details.as_slice() {
+        [one] => ApiError::file(
+            status,
+            one.field.clone().unwrap_or_default(),
+            one.message.clone(),
+        ),
+        _ => ApiError::invalid(
+            "files",
+            format!("none of the {} files could be analysed", details.len()),
+        ),
+    };
+    e.status = status;
+    e.details = details;
+    e.set_response_status();
+    e
 }
 
 /// The analysis of the image with content `hash` (an upload or an indexed image).
@@ -91,7 +178,16 @@ pub async fn get_analysis(hash: String) -> Result<Analysis, ApiError> {
             "must be 64 hexadecimal characters",
         ));
     }
-    crate::backend::blocking(move |b| b.analysis(&hash.to_ascii_lowercase())).await
+    // An indexed image seen for the first time is embedded: that waits its turn like uploads.
+    let slot = crate::backend::backend()?
+        .admit()
+        .await
+        .inspect_err(|e| e.set_response_status())?;
+    crate::backend::blocking(move |b| {
+        let _slot = slot;
+        b.analysis(&hash.to_ascii_lowercase())
+    })
+    .await
 }
 
 /// The server's defaults for tuning and uploads.

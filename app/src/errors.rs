@@ -19,6 +19,9 @@ pub struct ApiError {
     /// The parameter or file at fault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// One error per file when a whole upload was refused, in the order the files were sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ApiError>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -39,6 +42,7 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            details: Vec::new(),
         };
         #[cfg(feature = "ssr")]
         e.set_response_status();
@@ -53,6 +57,12 @@ impl ApiError {
             if let Ok(code) = http::StatusCode::from_u16(self.status) {
                 res.set_status(code);
             }
+            if self.status == 503 {
+                res.insert_header(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("2"),
+                );
+            }
         }
     }
 
@@ -62,6 +72,19 @@ impl ApiError {
             field: Some(field.into()),
             ..Self::new(422, message)
         }
+    }
+
+    /// A refused file: `status` with the file's name as the field.
+    pub fn file(status: u16, name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(name.into()),
+            ..Self::new(status, message)
+        }
+    }
+
+    /// 503: the server is busy; the caller should retry later.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self::new(503, message)
     }
 
     /// 400: the request itself cannot be read.
@@ -95,6 +118,10 @@ impl FromServerFnError for ApiError {
             ServerFnErrorErr::Args(m) => Self::new(422, format!("bad arguments: {m}")),
             ServerFnErrorErr::MissingArg(m) => Self::new(422, format!("missing argument {m}")),
             ServerFnErrorErr::Request(m) => Self::new(503, format!("cannot reach the server: {m}")),
+            // On the server this is a request body that does not decode (JSON of the wrong
+            // shape); in the browser, a response that does not.
+            #[cfg(feature = "ssr")]
+            ServerFnErrorErr::Deserialization(m) => Self::new(422, format!("bad arguments: {m}")),
             other => Self::new(500, other.to_string()),
         }
     }

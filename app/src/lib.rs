@@ -35,6 +35,9 @@ pub mod backend {
     use crate::types::*;
     use crate::vote::VoteConfig;
 
+    /// A place in the embedding queue (see [`Backend::admit`]), freed when dropped.
+    pub type QueueSlot = Box<dyn Send + Sync>;
+
     /// The engine as seen from server functions.
     pub trait Backend: Send + Sync + 'static {
         /// Defaults for the tuning controls and the upload.
@@ -43,8 +46,17 @@ pub mod backend {
         fn summary(&self) -> Result<IndexSummary, ApiError>;
         /// Analyses one uploaded file (cached by content hash).
         fn analyse(&self, name: &str, bytes: &[u8]) -> FileOutcome;
-        /// Records a file refused before analysis (too large...) and answers its outcome.
-        fn refuse(&self, name: &str, reason: String) -> FileOutcome;
+        /// Records a file refused before analysis (too large, bad name...) and answers its
+        /// outcome.
+        fn refuse(&self, name: &str, error: ApiError) -> FileOutcome;
+        /// Waits for a place in the bounded queue of embedding work: at most a few requests
+        /// embed at once and a bounded number wait; beyond that, or after waiting too long,
+        /// 503. The place is held until the slot is dropped.
+        fn admit(
+            &self,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<QueueSlot, ApiError>> + Send + '_>,
+        >;
         /// The analysis of content `hash`: an upload analysed before, or an indexed image.
         fn analysis(&self, hash: &str) -> Result<Analysis, ApiError>;
         /// Dashboard figures under a vote configuration.

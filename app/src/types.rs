@@ -301,8 +301,9 @@ pub struct FileOutcome {
     /// File name as sent.
     pub name: String,
     pub analysis: Option<Analysis>,
-    /// Why the file was refused (not an image, too large, corrupt...).
-    pub error: Option<String>,
+    /// Why the file was refused (not an image, too large, corrupt...): the 4xx status it
+    /// would get on its own, the reason, and its name as the field.
+    pub error: Option<crate::errors::ApiError>,
     /// Whether the analysis came from the cache (same content analysed before).
     pub cached: bool,
 }

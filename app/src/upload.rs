@@ -75,6 +75,19 @@ pub fn start(files: Vec<File>, queue: Queue, defaults: UiDefaults) {
     });
 }
 
+/// How often a batch is sent again when the server answers 503 (busy).
+const BUSY_RETRIES: i32 = 5;
+
+/// Resolves after `ms` milliseconds.
+async fn sleep_ms(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
 /// Sends the queued files batch by batch; `cancel` is read between batches (the batch in
 /// flight completes, the rest are marked cancelled).
 async fn send(
@@ -102,14 +115,31 @@ async fn send(
             let _ = form.append_with_blob_and_filename("files", &blob, &file.name());
             status.set(ItemStatus::Uploading);
         }
-        match analyse(form.into()).await {
+        // A busy server (503: its embedding queue is full) is asked again a little later.
+        let mut tries = 0;
+        let answer = loop {
+            match analyse(form.clone().into()).await {
+                Err(e) if e.status == 503 && tries < BUSY_RETRIES => {
+                    tries += 1;
+                    sleep_ms(1000 * tries).await;
+                }
+                answer => break answer,
+            }
+        };
+        match answer {
             Ok(outcomes) => {
                 for ((status, _), outcome) in chunk.iter().zip(outcomes) {
                     status.set(match (outcome.analysis, outcome.error) {
                         (Some(a), _) => ItemStatus::Done(Arc::new(a)),
-                        (None, Some(e)) => ItemStatus::Failed(e),
+                        (None, Some(e)) => ItemStatus::Failed(e.message),
                         (None, None) => ItemStatus::Failed("no result".into()),
                     });
+                }
+            }
+            // Every file refused: each has its own reason when the server gave them.
+            Err(e) if e.details.len() == chunk.len() => {
+                for ((status, _), d) in chunk.iter().zip(e.details) {
+                    status.set(ItemStatus::Failed(d.message));
                 }
             }
             Err(e) => {

@@ -33,7 +33,12 @@ impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.0)).into_response()
+        let mut res = (status, Json(self.0)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+        }
+        res
     }
 }
 
@@ -83,10 +88,17 @@ async fn image(
             return Err(ApiError::invalid("size", format!("{other:?}: use thumb or full")).into())
         }
     };
+    // A thumbnail not made yet means decoding the image: that waits its turn like uploads.
+    let cached = backend.thumbs_dir().join(format!("{hash}.jpg"));
+    let slot = if thumb && !cached.is_file() {
+        Some(backend.admit().await?)
+    } else {
+        None
+    };
     let (bytes, mime) = blocking(move || {
+        let _slot = slot;
         let file = backend.image_file(&hash)?;
         if thumb {
-            let cached = backend.thumbs_dir().join(format!("{hash}.jpg"));
             if let Ok(b) = std::fs::read(&cached) {
                 return Ok((b, "image/jpeg"));
             }
@@ -175,6 +187,7 @@ fn export_request(
     let defaults = app::backend::Backend::defaults(backend).tuning;
     let tuning = Tuning::from_query(|k| q.get(k).cloned(), &defaults);
     let cfg = tuning.validate()?;
+    backend.check_categories(&cfg)?;
     Ok((hashes, tuning, cfg))
 }
 

@@ -4,7 +4,7 @@
 //! [`crate::api`] reach the engine only through this.
 
 use crate::config::Settings;
-use crate::decode::decode;
+use crate::decode::decode_limited;
 use crate::embed::imagenet_class;
 use crate::eval::Report;
 use crate::history::{History, Record};
@@ -23,6 +23,8 @@ use std::time::Instant;
 const TEXT_LABELS: usize = 5;
 /// Files indexed per lock of the workspace in a job, so uploads are served in between.
 const JOB_CHUNK: usize = 64;
+/// Longest dataset folder path accepted, in bytes (Linux's PATH_MAX).
+const MAX_PATH_BYTES: usize = 4096;
 /// Points on the dashboard's embedding map at most.
 const MAP_POINTS: usize = 3000;
 
@@ -49,6 +51,10 @@ struct Inner {
     folders: Mutex<Vec<PathBuf>>,
     jobs: Mutex<Vec<JobStatus>>,
     started: Instant,
+    /// Bounds the uploads being embedded and waiting.
+    queue: crate::queue::WorkQueue,
+    /// Largest image decoded, in pixels.
+    max_pixels: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, ApiError> {
@@ -137,6 +143,12 @@ impl EngineBackend {
                 folders: Mutex::new(folders),
                 jobs: Mutex::new(Vec::new()),
                 started: Instant::now(),
+                queue: crate::queue::WorkQueue::new(
+                    settings.embed_workers,
+                    settings.queue_depth,
+                    std::time::Duration::from_secs(settings.queue_timeout_s),
+                ),
+                max_pixels: settings.max_pixels,
                 vlm: vlm.map(Mutex::new),
             }),
         })
@@ -199,13 +211,68 @@ impl EngineBackend {
         })
     }
 
-    /// Decodes, embeds and describes `bytes`; the record is not stored.
-    fn embed_record(&self, name: &str, hash: &str, bytes: &[u8]) -> Result<Record, String> {
-        fn unavailable<T>(_: T) -> String {
-            "the engine is unavailable".to_string()
+    /// 422 when a category rule names a category the index does not have (a typo would
+    /// otherwise silently do nothing).
+    pub fn check_categories(&self, cfg: &VoteConfig) -> Result<(), ApiError> {
+        let rules = &cfg.rules;
+        if rules.rename.is_empty() && rules.ignore.is_empty() {
+            return Ok(());
+        }
+        let known: std::collections::BTreeSet<String> = lock(&self.inner.ws)?
+            .store()
+            .counts(&self.inner.visual_model)
+            .map_err(internal)?
+            .into_iter()
+            .map(|(_, c, _)| c)
+            .collect();
+        let list = || {
+            let mut names: Vec<&str> = known.iter().map(String::as_str).take(20).collect();
+            if known.len() > 20 {
+                names.push("…");
+            }
+            names.join(", ")
+        };
+        if let Some(from) = rules.rename.keys().find(|c| !known.contains(*c)) {
+            return Err(ApiError::invalid(
+                "rename",
+                format!("unknown category {from:?} (known: {})", list()),
+            ));
+        }
+        let targets: std::collections::BTreeSet<&String> = rules.rename.values().collect();
+        if let Some(c) = rules
+            .ignore
+            .iter()
+            .find(|c| !known.contains(*c) && !targets.contains(c))
+        {
+            return Err(ApiError::invalid(
+                "ignore",
+                format!("unknown category {c:?} (known: {})", list()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A place in the embedding queue, for other work that decodes images (thumbnails).
+    pub async fn admit(&self) -> Result<app::backend::QueueSlot, ApiError> {
+        self.inner.queue.admit().await
+    }
+
+    /// Vectors in the index now, without waiting for the engine (`None` while it is busy).
+    pub fn index_len_now(&self) -> Option<u64> {
+        self.inner.ws.try_lock().ok().map(|ws| ws.len() as u64)
+    }
+
+    /// Decodes, embeds and describes `bytes`; the record is not stored. A file that cannot be
+    /// decoded is the caller's 4xx, naming it; the engine failing is a 500.
+    fn embed_record(&self, name: &str, hash: &str, bytes: &[u8]) -> Result<Record, ApiError> {
+        fn unavailable<T>(_: T) -> ApiError {
+            ApiError::internal("the engine is unavailable")
         }
         let t = Instant::now();
-        let img = decode(bytes).map_err(|e| e.to_string())?;
+        let img = decode_limited(bytes, self.inner.max_pixels).map_err(|e| {
+            metrics::counter!("kadr_refused_files_total", "kind" => e.kind()).increment(1);
+            ApiError::file(e.status(), name, e.to_string())
+        })?;
         let decode_ms = ms(t);
         let t = Instant::now();
         let (visual, classes, categories) = {
@@ -213,12 +280,12 @@ impl EngineBackend {
             let (v, c) = ws
                 .embedder()
                 .embed_and_classify(&img, TEXT_LABELS)
-                .map_err(|e| format!("embedding failed: {e:#}"))?;
+                .map_err(|e| internal(format!("embedding failed: {e:#}")))?;
             let mut categories: Vec<String> = match &self.inner.vlm {
                 Some(_) => ws
                     .store()
                     .counts(ws.embedder().model_id())
-                    .map_err(|e| e.to_string())?
+                    .map_err(internal)?
                     .into_iter()
                     .map(|(_, c, _)| c)
                     .filter(|c| !c.is_empty())
@@ -240,12 +307,12 @@ impl EngineBackend {
                 let mut vlm = vlm.lock().map_err(unavailable)?;
                 let caption = vlm
                     .caption(std::slice::from_ref(&img), self.inner.caption_tokens)
-                    .map_err(|e| format!("captioning failed: {e:#}"))?
+                    .map_err(|e| internal(format!("captioning failed: {e:#}")))?
                     .pop();
                 // Zero-shot needs something to choose between.
                 let mut labels: Vec<ScoredLabel> = if categories.len() >= 2 {
                     vlm.zero_shot(&img, &categories)
-                        .map_err(|e| format!("zero-shot labelling failed: {e:#}"))?
+                        .map_err(|e| internal(format!("zero-shot labelling failed: {e:#}")))?
                         .into_iter()
                         .map(|(label, score)| ScoredLabel { label, score })
                         .collect()
@@ -283,11 +350,11 @@ impl EngineBackend {
                 None => visual,
                 Some(f) => {
                     let words = crate::fusion::image_text(&names)
-                        .ok_or("the backbone gives no labels to fuse with")?;
+                        .ok_or_else(|| internal("the backbone gives no labels to fuse with"))?;
                     let t = f
                         .text
                         .embed(&[words])
-                        .map_err(|e| format!("text embedding failed: {e:#}"))?
+                        .map_err(|e| internal(format!("text embedding failed: {e:#}")))?
                         .remove(0);
                     f.fuse(&visual, &t)
                 }
@@ -312,23 +379,29 @@ impl EngineBackend {
         })
     }
 
-    fn refused(&self, name: &str, reason: String) -> FileOutcome {
-        if let Ok(h) = self.inner.history.lock() {
-            if let Err(e) = h.refuse(name, reason_kind(&reason)) {
-                tracing::error!("recording a refusal: {e:#}");
+    fn refused(&self, name: &str, error: ApiError) -> FileOutcome {
+        if error.status < 500 {
+            if let Ok(h) = self.inner.history.lock() {
+                if let Err(e) = h.refuse(name, reason_kind(&error.message)) {
+                    tracing::error!("recording a refusal: {e:#}");
+                }
             }
         }
         FileOutcome {
             name: name.to_string(),
             analysis: None,
-            error: Some(reason),
+            error: Some(ApiError {
+                field: Some(name.to_string()),
+                ..error
+            }),
             cached: false,
         }
     }
 
     fn analyse_inner(&self, name: &str, bytes: &[u8]) -> Result<FileOutcome, ApiError> {
         if bytes.is_empty() {
-            return Ok(self.refused(name, "empty file".into()));
+            metrics::counter!("kadr_refused_files_total", "kind" => "empty").increment(1);
+            return Ok(self.refused(name, ApiError::file(422, name, "empty file")));
         }
         let hash = blake3::hash(bytes).to_hex().to_string();
         let cached = lock(&self.inner.history)?
@@ -349,6 +422,7 @@ impl EngineBackend {
             Ok(r) => r,
             Err(why) => return Ok(self.refused(name, why)),
         };
+        metrics::counter!("kadr_images_embedded_total", "source" => "upload").increment(1);
         // Keep the bytes for the permanent page; write-then-rename so no half file is served.
         let path = self.upload_path(&hash);
         if !path.exists() {
@@ -424,9 +498,7 @@ impl EngineBackend {
         };
         let bytes = std::fs::read(&row.path)
             .map_err(|e| ApiError::not_found(format!("{} is gone: {e}", row.path)))?;
-        let mut record = self
-            .embed_record(&self.relative(&row.path), hash, &bytes)
-            .map_err(|e| ApiError::new(422, e))?;
+        let mut record = self.embed_record(&self.relative(&row.path), hash, &bytes)?;
         record.indexed_category = Some(row.category);
         lock(&self.inner.history)?
             .put(self.model(), &record)
@@ -470,6 +542,8 @@ impl EngineBackend {
                     let r = ws.index_files(chunk, self.inner.index_batch, &|_| {})?;
                     embedded += r.embedded + r.reused;
                     failed += r.failed.len();
+                    metrics::counter!("kadr_images_embedded_total", "source" => "index")
+                        .increment(r.embedded as u64);
                     drop(ws);
                     set(((i + 1) * JOB_CHUNK).min(total), total);
                 }
@@ -597,13 +671,22 @@ impl EngineBackend {
     /// The folder a user asked for, if it is allowed: an existing directory inside a data root
     /// (or, without roots, one of the served folders or inside one).
     fn allowed_folder(&self, folder: &str) -> Result<PathBuf, ApiError> {
-        let path = Path::new(folder).canonicalize().map_err(|_| {
-            ApiError::invalid("folder", format!("{folder} does not exist on the server"))
-        })?;
-        if !path.is_dir() {
+        if folder.trim().is_empty() {
+            return Err(ApiError::invalid("folder", "give a folder on the server"));
+        }
+        if folder.len() > MAX_PATH_BYTES {
             return Err(ApiError::invalid(
                 "folder",
-                format!("{folder} is not a folder"),
+                format!("longer than {MAX_PATH_BYTES} bytes"),
+            ));
+        }
+        if folder.chars().any(char::is_control) {
+            return Err(ApiError::invalid("folder", "contains control characters"));
+        }
+        if !Path::new(folder).is_absolute() {
+            return Err(ApiError::invalid(
+                "folder",
+                "give an absolute path (the server's working folder is not yours)",
             ));
         }
         let roots = if self.inner.data_roots.is_empty() {
@@ -615,13 +698,30 @@ impl EngineBackend {
         } else {
             self.inner.data_roots.clone()
         };
-        // Both sides are canonical, so `..` and symlinks cannot lead outside.
-        if !roots.iter().any(|r| path.starts_with(r)) {
-            return Err(ApiError::new(
+        let outside = || {
+            ApiError::new(
                 403,
                 format!(
                     "{folder} is outside the allowed data folders (set DATA_ROOTS on the server)"
                 ),
+            )
+        };
+        let Ok(path) = Path::new(folder).canonicalize() else {
+            // Say "does not exist" only inside the roots: outside, that would tell what exists.
+            return Err(if roots.iter().any(|r| Path::new(folder).starts_with(r)) {
+                ApiError::invalid("folder", format!("{folder} does not exist on the server"))
+            } else {
+                outside()
+            });
+        };
+        // Both sides are canonical, so `..` and symlinks cannot lead outside.
+        if !roots.iter().any(|r| path.starts_with(r)) {
+            return Err(outside());
+        }
+        if !path.is_dir() {
+            return Err(ApiError::invalid(
+                "folder",
+                format!("{folder} is not a folder"),
             ));
         }
         Ok(path)
@@ -662,14 +762,27 @@ impl app::backend::Backend for EngineBackend {
             Err(e) => FileOutcome {
                 name: name.to_string(),
                 analysis: None,
-                error: Some(e.message),
+                error: Some(ApiError {
+                    field: Some(name.to_string()),
+                    ..e
+                }),
                 cached: false,
             },
         }
     }
 
-    fn refuse(&self, name: &str, reason: String) -> FileOutcome {
-        self.refused(name, reason)
+    fn refuse(&self, name: &str, error: ApiError) -> FileOutcome {
+        self.refused(name, error)
+    }
+
+    fn admit(
+        &self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<app::backend::QueueSlot, ApiError>> + Send + '_,
+        >,
+    > {
+        Box::pin(self.inner.queue.admit())
     }
 
     fn analysis(&self, hash: &str) -> Result<Analysis, ApiError> {
@@ -677,6 +790,7 @@ impl app::backend::Backend for EngineBackend {
     }
 
     fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError> {
+        self.check_categories(cfg)?;
         let records = lock(&self.inner.history)?
             .all(self.model())
             .map_err(internal)?;

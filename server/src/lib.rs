@@ -6,11 +6,14 @@
 //!
 //! Serving: [`web`] mounts the Leptos app (pages and server functions of the `app` crate) over
 //! [`backend`] (the engine behind the app, with [`history`] of analyses and the jobs), plus the
-//! REST routes of [`api`] described by [`openapi`].
+//! REST routes of [`api`] described by [`openapi`]. In front of them: [`limits`] (body size,
+//! time, rate per client), [`auth`] (keys, sign-in), the embedding [`queue`], and
+//! [`telemetry`] (logs and Prometheus metrics).
 
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod dataset;
@@ -21,11 +24,14 @@ pub mod fusion;
 pub mod history;
 pub mod index;
 pub mod jobs;
+pub mod limits;
 pub mod models;
 pub mod openapi;
 pub mod preprocess;
+pub mod queue;
 pub mod store;
 pub mod submit;
+pub mod telemetry;
 pub mod text;
 pub mod vlm;
 pub mod vote;

@@ -285,14 +285,16 @@ fn main() {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     let mut s = Settings::from_env();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     if let Some(v) = cli.home {
         s.home = v;
+    }
+    // Log files only for the long-running server; the other commands print what they do.
+    let log_dir = matches!(cli.command, Command::Serve { .. })
+        .then(|| s.log_dir.clone().unwrap_or_else(|| s.home.join("logs")));
+    let _log_guard = kadr::telemetry::init_logging(log_dir.as_deref());
+    if log_dir.is_some() {
+        // Metrics recorded while loading (model load time) need the recorder first.
+        kadr::telemetry::prometheus();
     }
     if let Some(v) = cli.model {
         s.model = v;
@@ -477,7 +479,7 @@ fn run() -> Result<()> {
                 .with_context(|| format!("bad listen address {addr:?}"))?;
             let backend = kadr::backend::EngineBackend::new(ws, &s, dirs)?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(kadr::web::serve(addr, site_root, backend, &s.cors_origins))?;
+            rt.block_on(kadr::web::serve(addr, site_root, backend, &s))?;
         }
         Command::ImportWeights { wheel, out } => {
             let out =

@@ -82,9 +82,10 @@ pub fn document() -> Value {
     let jobs = schema::<Vec<JobStatus>>(&mut g);
     let job_request = schema::<JobRequest>(&mut g);
     let status = schema::<ServerStatus>(&mut g);
+    // Any request may meet the rate limit (429) and, with AUTH_READS=key, the key check (401).
     let errors = |codes: &[u16]| -> Value {
         let mut m = serde_json::Map::new();
-        for c in codes {
+        for c in codes.iter().chain(&[401, 429]) {
             m.insert(
                 c.to_string(),
                 ok("error", "application/json", error.clone()),
@@ -119,16 +120,17 @@ pub fn document() -> Value {
         "info": {
             "title": "kadr",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Image classification and similar-image search. Analyse images, search the index, read statistics, export results and run index jobs. Errors are JSON {status, message, field}."
+            "description": "Image classification and similar-image search. Analyse images, search the index, read statistics, export results and run index jobs. Errors are JSON {status, message, field}. With API_KEYS or ADMIN_PASSWORD set on the server, jobs need a key (Authorization: Bearer, or X-API-Key), and with AUTH_READS=key every call does. Each client is rate-limited (429 with Retry-After)."
         },
+        "security": [{}, {"bearer": []}, {"apiKey": []}],
         "paths": {
             "/api/v1/analyse": { "post": {
                 "summary": "Analyse images: similar indexed images, voted category, text",
-                "description": "multipart/form-data with one or more image files (any field name). Refused files (not an image, too large, corrupt) get an error each; the others are analysed. Results are cached by content hash.",
+                "description": "multipart/form-data with one or more image files (any field name), at most 100. The type is read from the bytes (JPEG, PNG, WebP, GIF, BMP). Refused files get an error each, with the status they would get alone (413 too large in bytes or pixels, 415 not a supported image, 422 corrupt, empty or a bad file name), naming the file; the others are analysed. When no file could be analysed the answer is that status (422 when the reasons differ) with one error per file in `details`. 503 with Retry-After when the embedding queue is full. Results are cached by content hash.",
                 "requestBody": { "required": true, "content": { "multipart/form-data": { "schema": {
                     "type": "object", "properties": { "files": { "type": "array", "items": { "type": "string", "format": "binary" } } }
                 } } } },
-                "responses": with(json!({ "200": ok("one outcome per file, in order", "application/json", outcomes) }), errors(&[400, 413, 422, 500]))
+                "responses": with(json!({ "200": ok("one outcome per file, in order", "application/json", outcomes) }), errors(&[400, 413, 415, 422, 500, 503]))
             }},
             "/api/v1/analysis": { "get": {
                 "summary": "One analysis by content hash (an upload or an indexed image)",
@@ -150,6 +152,8 @@ pub fn document() -> Value {
             }},
             "/api/v1/jobs": { "post": {
                 "summary": "Start a job: add a dataset folder, re-index, evaluate",
+                "description": "Needs a key when the server has API_KEYS or ADMIN_PASSWORD. Folders must be absolute and inside DATA_ROOTS (after resolving `..` and symlinks).",
+                "security": [{"bearer": []}, {"apiKey": []}],
                 "requestBody": { "required": true, "content": { "application/json": { "schema": {
                     "type": "object", "required": ["request"], "properties": { "request": job_request }
                 } } } },
@@ -183,11 +187,22 @@ pub fn document() -> Value {
                 "responses": with(json!({ "200": { "description": "image bytes", "content": { "image/*": { "schema": {"type": "string", "format": "binary"} } } } }), errors(&[404, 422, 500]))
             }},
             "/status": { "get": {
-                "summary": "Version, model, device, index size, uptime",
+                "summary": "Version, model, device, index size, uptime (open even with AUTH_READS=key)",
+                "security": [{}],
                 "responses": with(json!({ "200": ok("status", "application/json", status) }), errors(&[500]))
+            }},
+            "/metrics": { "get": {
+                "summary": "Prometheus metrics: requests, latency, errors by kind, embedding queue, images embedded, model load time, memory",
+                "responses": with(json!({ "200": ok("Prometheus text format", "text/plain", json!({"type": "string"})) }), errors(&[500]))
             }}
         },
-        "components": { "schemas": g.take_definitions(true) }
+        "components": {
+            "schemas": g.take_definitions(true),
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "a key from API_KEYS, or ADMIN_PASSWORD" },
+                "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" }
+            }
+        }
     })
 }
 

@@ -83,6 +83,16 @@ pub(crate) fn open_sqlite(path: &Path) -> Result<Connection> {
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_checked(path).with_context(|| {
+            format!(
+                "{} is damaged or not a kadr store: move it aside (the image files are untouched) \
+                 and run `kadr index` again to rebuild it",
+                path.display()
+            )
+        })
+    }
+
+    fn open_checked(path: &Path) -> Result<Self> {
         let conn = open_sqlite(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS images (
@@ -122,6 +132,19 @@ impl Store {
                 .context("adding the labels column")?;
         }
         Ok(Self { conn })
+    }
+
+    /// Length of the vectors stored for `model` (`None` when it has none).
+    pub fn vector_dim(&self, model: &str) -> Result<Option<usize>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT length(embedding) FROM images WHERE model = ?1 LIMIT 1",
+                params![model],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|bytes| bytes as usize / 4))
     }
 
     /// The content hash recorded for `path` under `model`, with its id.

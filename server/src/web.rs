@@ -3,17 +3,22 @@
 //! and graceful shutdown. Pages, components and server functions live in the `app` crate;
 //! they reach the engine only through the [`Backend`] provided here as context.
 
+use crate::auth::{self, Auth};
 use crate::backend::EngineBackend;
+use crate::config::Settings;
+use crate::limits;
 use anyhow::Context;
 use app::backend::Backend;
 use app::{shell, App};
 use axum::http::{HeaderValue, Method};
-use axum::Router;
+use axum::routing::get;
+use axum::{middleware, Router};
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tower_http::services::ServeDir;
 
 /// Base name of the wasm-bindgen output in `site_root/pkg` (`kadr.js`, `kadr_bg.wasm`, `kadr.css`).
@@ -26,7 +31,7 @@ pub async fn serve(
     addr: SocketAddr,
     site_root: PathBuf,
     backend: EngineBackend,
-    cors_origins: &[String],
+    settings: &Settings,
 ) -> anyhow::Result<()> {
     if !site_root
         .join(PKG_DIR)
@@ -38,9 +43,54 @@ pub async fn serve(
             site_root.display()
         );
     }
-    let mut app = router(site_root, backend);
-    if !cors_origins.is_empty() {
-        let origins = cors_origins
+    let app = app(site_root, backend, settings)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    eprintln!("listening on http://{}", listener.local_addr()?);
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("web server failed")
+}
+
+/// The router behind the server's protections, outermost first: metrics, CORS, the
+/// per-client rate limit, access control, the request time limit and the body size limit.
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` (the rate limit keys
+/// on the peer address).
+pub fn app(
+    site_root: PathBuf,
+    backend: EngineBackend,
+    settings: &Settings,
+) -> anyhow::Result<Router> {
+    let auth = Auth::from_settings(settings);
+    let mut app = router(site_root, backend, auth.clone())
+        .layer(middleware::from_fn_with_state(
+            settings.max_request_bytes,
+            limits::body_limit,
+        ))
+        .layer(middleware::from_fn(limits::multipart_only))
+        .layer(middleware::from_fn_with_state(
+            Duration::from_secs(settings.request_timeout_s),
+            limits::timeout,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            limits::panic_response,
+        ));
+    if let Some(auth) = auth {
+        app = app.layer(middleware::from_fn_with_state(auth, auth::guard));
+    }
+    if let Some(rl) = limits::RateLimit::new(settings.rate_limit, settings.rate_limit_burst) {
+        rl.forget_quiet_clients();
+        app = app.layer(middleware::from_fn_with_state(rl, limits::rate_limit));
+    }
+    if !settings.cors_origins.is_empty() {
+        let origins = settings
+            .cors_origins
             .iter()
             .map(|o| HeaderValue::from_str(o).with_context(|| format!("bad CORS origin {o:?}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -48,24 +98,27 @@ pub async fn serve(
             tower_http::cors::CorsLayer::new()
                 .allow_origin(origins)
                 .allow_methods([Method::GET, Method::POST])
-                .allow_headers([axum::http::header::CONTENT_TYPE]),
+                .allow_headers([
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::header::AUTHORIZATION,
+                ]),
         );
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    eprintln!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("web server failed")
+    // Installs the recorder before the first request is counted.
+    crate::telemetry::prometheus();
+    Ok(app.layer(middleware::from_fn(crate::telemetry::track)))
 }
 
 /// The complete router: Leptos pages and server functions with `backend` in their context,
-/// the REST routes of [`crate::api`], `/pkg` from `site_root/pkg`, the API docs UI from
+/// the REST routes of [`crate::api`], `/metrics`, `/login` and `/logout`, `/pkg` from `site_root/pkg`, the API docs UI from
 /// `site_root/docs`, other files from `site_root`, and the app's 404 page otherwise.
-pub fn router(site_root: PathBuf, backend: EngineBackend) -> Router {
+pub fn router(site_root: PathBuf, backend: EngineBackend, auth: Option<Arc<Auth>>) -> Router {
     let api = crate::api::routes(backend.clone());
+    let metrics_backend = backend.clone();
+    let sign_in = Router::new()
+        .route("/login", get(auth::login_form).post(auth::login))
+        .route("/logout", get(auth::logout).post(auth::logout))
+        .with_state(auth);
     let backend: Arc<dyn Backend> = Arc::new(backend);
     // Built in code so that no Cargo.toml metadata or LEPTOS_* variables are read at runtime.
     let options = LeptosOptions::builder()
@@ -84,6 +137,14 @@ pub fn router(site_root: PathBuf, backend: EngineBackend) -> Router {
             move || shell(options.clone())
         })
         .merge(api)
+        .merge(sign_in)
+        .route(
+            "/metrics",
+            get(move || {
+                let b = metrics_backend.clone();
+                async move { crate::telemetry::render(b.index_len_now()).await }
+            }),
+        )
         .route(
             "/docs",
             axum::routing::get(|| async { axum::response::Redirect::permanent("/docs/") }),

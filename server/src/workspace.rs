@@ -219,14 +219,34 @@ impl Workspace {
             && self.store.meta(&self.meta_key())?.as_deref() == Some(fingerprint.as_str())
         {
             match VectorIndex::load(&self.index_path, self.kind) {
-                Ok(index) => {
-                    self.index = Some(index);
-                    return Ok(());
-                }
-                Err(e) => tracing::warn!("rebuilding the index: {e:#}"),
+                Ok(index) => match self.expected_dim()? {
+                    // An index file of another model or space (copied over, say) is rebuilt.
+                    Some(dim) if dim != index.dim() => tracing::warn!(
+                        "{} holds {}-d vectors, the model gives {dim}-d: rebuilding it",
+                        self.index_path.display(),
+                        index.dim()
+                    ),
+                    _ => {
+                        self.index = Some(index);
+                        return Ok(());
+                    }
+                },
+                Err(e) => tracing::warn!(
+                    "{} is unreadable, rebuilding it from the store: {e:#}",
+                    self.index_path.display()
+                ),
             }
         }
         self.rebuild_index()
+    }
+
+    /// The dimension of this space's vectors, from what the store holds.
+    fn expected_dim(&self) -> Result<Option<usize>> {
+        let visual = self.store.vector_dim(self.embedder.model_id())?;
+        Ok(match &self.fusion {
+            None => visual,
+            Some(f) => visual.map(|v| v + f.text.dim()),
+        })
     }
 
     /// Rebuilds the index from the store's vectors and saves it.

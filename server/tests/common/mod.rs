@@ -2,6 +2,8 @@
 //! locations, and image folders.
 #![allow(dead_code)]
 
+pub mod server;
+
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
