@@ -105,7 +105,7 @@ fn kill_9_while_indexing_loses_at_most_a_batch_and_resumes() {
     child.wait().unwrap();
     let (kept, distinct) = stored(&home).unwrap();
     assert!(
-        kept >= 10 && kept < TOTAL,
+        (10..TOTAL).contains(&kept),
         "{kept} of {TOTAL} stored at the kill"
     );
     assert_eq!(kept, distinct);
@@ -165,7 +165,7 @@ fn a_damaged_index_file_is_rebuilt_and_a_damaged_store_says_what_to_do() {
         kadr::index::IndexKind::Flat,
         8,
         &(0..6).collect::<Vec<i64>>(),
-        &vec![0.5f32; 48],
+        &[0.5f32; 48],
     )
     .unwrap();
     other.save(&index).unwrap();
