@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Embedding throughput on this machine's CPU: kadr's backbones (server/examples/bench_embed.rs)
+# Embedding throughput on this machine's CPU: kadr's backbones (server/engine/examples/bench_embed.rs)
 # against PyTorch + timm eager (bench/embed.py: fp32, channels_last, inference_mode) with the
 # same weights, EfficientNet-Lite0 (the real ImageNet weights) and ConvNeXt-Tiny (seeded random
 # timm weights), batch 1 and 32, one run. Both time the forward pass to pooled features on a
@@ -38,8 +38,8 @@ if ! "$venv/bin/python" -c 'import torch, timm, safetensors' 2>/dev/null; then
 fi
 py="$venv/bin/python"
 
-log "cargo build -p kadr --example bench_embed (dev profile: opt-level 3)"
-cargo build -q -p kadr --example bench_embed
+log "cargo build -p kadr-engine --example bench_embed (dev profile: kernels at opt-level 3)"
+cargo build -q -p kadr-engine --example bench_embed
 bin=${CARGO_TARGET_DIR:-target}/debug/examples/bench_embed
 
 out=$(mktemp)

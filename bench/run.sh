@@ -60,11 +60,11 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 log "load before the run: $(uptime)"
 if [ "$profile" = release ]; then
-  log "kadr: cargo run --release -p kadr --example bench_pipeline (release profile)"
-  BENCH_DATA=$data cargo run -q --release -p kadr --example bench_pipeline | tee "$out/kadr.jsonl"
+  log "kadr: cargo run --release -p kadr-engine --example bench_pipeline (release profile)"
+  BENCH_DATA=$data cargo run -q --release -p kadr-engine --example bench_pipeline | tee "$out/kadr.jsonl"
 else
-  log "kadr: cargo run -p kadr --example bench_pipeline (dev profile: opt-level 3, debug assertions on)"
-  BENCH_DATA=$data cargo run -q -p kadr --example bench_pipeline | tee "$out/kadr.jsonl"
+  log "kadr: cargo run -p kadr-engine --example bench_pipeline (dev profile: kernels at opt-level 3, debug assertions on)"
+  BENCH_DATA=$data cargo run -q -p kadr-engine --example bench_pipeline | tee "$out/kadr.jsonl"
 fi
 log "python: bench/python_pipeline.py ($venv)"
 "$venv/bin/python" bench/python_pipeline.py --weights "$MODEL_PATH" "${folders[@]}" | tee "$out/python.jsonl"

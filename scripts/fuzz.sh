@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Fuzzes the image upload path (decode + preprocess, server/src/decode.rs and preprocess.rs)
+# Fuzzes the image upload path (decode + preprocess, server/engine/src/decode.rs and preprocess.rs)
 # with cargo-fuzz: libFuzzer under AddressSanitizer, on nightly Rust. The fuzz crate is
-# server/fuzz, a workspace of its own (the root workspace excludes it) with its own target dir.
+# server/engine/fuzz, a workspace of its own (the root workspace excludes it) with its own target dir.
 #
 #   scripts/fuzz.sh                       # 10 minutes of decode_preprocess
 #   FUZZ_SECONDS=60 scripts/fuzz.sh       # shorter
 #   FUZZ_KEEP_GOING=1 scripts/fuzz.sh     # fork mode: record crashes/timeouts/OOMs and go on
-#   FUZZ_REGRESSIONS=1 scripts/fuzz.sh    # only replay server/fuzz/seeds/regressions/*
+#   FUZZ_REGRESSIONS=1 scripts/fuzz.sh    # only replay server/engine/fuzz/seeds/regressions/*
 #   scripts/fuzz.sh -- -runs=0            # extra arguments go to libFuzzer (after `--`)
 #
 # Tools are installed on first use: a nightly toolchain (rustup) and cargo-fuzz at a pinned
-# version. The seeds (server/fuzz/seeds/<target>, made by server/fuzz/make_seeds.py) are read
-# only; inputs libFuzzer finds go to server/fuzz/corpus/<target> and crashes to
-# server/fuzz/artifacts/<target>, both ignored by git. A crash worth keeping goes into
-# server/fuzz/seeds/regressions/ by hand; those are replayed by FUZZ_REGRESSIONS=1 (not in the
+# version. The seeds (server/engine/fuzz/seeds/<target>, made by server/engine/fuzz/make_seeds.py) are read
+# only; inputs libFuzzer finds go to server/engine/fuzz/corpus/<target> and crashes to
+# server/engine/fuzz/artifacts/<target>, both ignored by git. A crash worth keeping goes into
+# server/engine/fuzz/seeds/regressions/ by hand; those are replayed by FUZZ_REGRESSIONS=1 (not in the
 # timed run, where an unfixed one would stop libFuzzer at once).
 # On a shared machine: CARGO_BUILD_JOBS=1 nice -n 19 scripts/fuzz.sh
 set -euo pipefail
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 CARGO_FUZZ_VERSION=0.13.2
 target=${FUZZ_TARGET:-decode_preprocess}
 seconds=${FUZZ_SECONDS:-600}
-fuzz_dir=server/fuzz
+fuzz_dir=server/engine/fuzz
 log() { printf '== %s\n' "$*" >&2; }
 
 # --- tools ---------------------------------------------------------------------------------

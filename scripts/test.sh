@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export KADR_WEIGHTS="$PWD/models/tf_efficientnet_lite0/model.safetensors"
-cargo test -p kadr --no-fail-fast -- --test-threads 1
+cargo test --workspace --no-fail-fast -- --test-threads 1
 npx playwright test -c end2end/playwright.config.ts

@@ -2,8 +2,8 @@
 //!
 //! The same crate is compiled twice: with `ssr` into the server (server functions run there,
 //! against the [`backend::Backend`] the server provides as context), and with `hydrate` to
-//! WASM for the browser. Types shared by both sides live in [`types`] (and the vote in
-//! [`vote`]); nothing here touches the engine directly.
+//! WASM for the browser. Types shared by both sides (and with the engine) come from the `kadr-types` crate as
+//! [`types`] and [`vote`]; nothing here touches the engine directly.
 //!
 //! Feature slices, in the order a user meets them: [`analyse`] (upload, tune, results, export),
 //! [`dashboard`] (statistics and evaluation charts), [`dataset`] (what is indexed, jobs).
@@ -15,10 +15,8 @@ pub mod dashboard;
 pub mod dataset;
 pub mod errors;
 pub mod tuning;
-pub mod types;
-#[cfg(feature = "hydrate")]
-mod upload;
-pub mod vote;
+/// The data and vote shared with the engine (crate `kadr-types`).
+pub use kadr_types::{types, vote};
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -31,6 +29,7 @@ use leptos_router::{
 /// Methods block (they embed and search): server functions call them through [`blocking`].
 #[cfg(feature = "ssr")]
 pub mod backend {
+    use crate::analyse::FileOutcome;
     use crate::errors::ApiError;
     use crate::types::*;
     use crate::vote::VoteConfig;
@@ -44,11 +43,13 @@ pub mod backend {
         fn defaults(&self) -> UiDefaults;
         /// What the index holds.
         fn summary(&self) -> Result<IndexSummary, ApiError>;
-        /// Analyses one uploaded file (cached by content hash).
-        fn analyse(&self, name: &str, bytes: &[u8]) -> FileOutcome;
-        /// Records a file refused before analysis (too large, bad name...) and answers its
-        /// outcome.
-        fn refuse(&self, name: &str, error: ApiError) -> FileOutcome;
+        /// Analyses the files of one upload (cached by content hash), in order: their images
+        /// share forward passes. A file already refused (too large, bad name...) is recorded
+        /// and answered with its error.
+        fn analyse_files(
+            &self,
+            files: Vec<(String, Result<Vec<u8>, ApiError>)>,
+        ) -> Vec<FileOutcome>;
         /// Waits for a place in the bounded queue of embedding work: at most a few requests
         /// embed at once and a bounded number wait; beyond that, or after waiting too long,
         /// 503. The place is held until the slot is dropped.
@@ -59,6 +60,8 @@ pub mod backend {
         >;
         /// The analysis of content `hash`: an upload analysed before, or an indexed image.
         fn analysis(&self, hash: &str) -> Result<Analysis, ApiError>;
+        /// The analysis of content `hash` if one is stored (a search, no embedding).
+        fn cached_analysis(&self, hash: &str) -> Result<Option<Analysis>, ApiError>;
         /// Dashboard figures under a vote configuration.
         fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError>;
         /// Starts a background job.

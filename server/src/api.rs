@@ -5,7 +5,6 @@
 //! mistakes.
 
 use crate::backend::EngineBackend;
-use crate::submit::{write_csv, Prediction, NEIGHBOURS};
 use app::errors::ApiError;
 use app::types::{Analysis, Tuning};
 use axum::extract::{Path, Query, State};
@@ -13,6 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use kadr_engine::submit::{write_csv, Prediction, NEIGHBOURS};
 use std::collections::HashMap;
 
 /// Most hashes one export may name.
@@ -104,8 +104,8 @@ async fn image(
             }
             let bytes = std::fs::read(&file)
                 .map_err(|e| ApiError::not_found(format!("image file unreadable: {e}")))?;
-            let img =
-                crate::decode::decode(&bytes).map_err(|e| ApiError::new(422, e.to_string()))?;
+            let img = kadr_engine::decode::decode(&bytes)
+                .map_err(|e| ApiError::new(422, e.to_string()))?;
             let scale = (THUMB_SIDE as f64 / img.width().max(img.height()).max(1) as f64).min(1.0);
             let side = |v: u32| ((v as f64 * scale).round() as u32).max(1);
             let small = image::imageops::thumbnail(&img, side(img.width()), side(img.height()));

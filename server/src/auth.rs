@@ -5,13 +5,13 @@
 //! or the session cookie the sign-in page (`/login`, the admin password or a key) sets.
 //! Secrets are compared in constant time and never logged.
 
-use crate::config::{Secret, Settings};
 use app::errors::ApiError;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Form, Json};
+use kadr_engine::settings::{Secret, Settings};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -80,7 +80,7 @@ impl Auth {
         (!secrets.is_empty()).then(|| {
             Arc::new(Self {
                 secrets,
-                reads_need_key: s.auth_reads,
+                reads_need_key: s.reads_need_key(),
                 sessions: Mutex::new(HashMap::new()),
             })
         })

@@ -4,9 +4,9 @@
 //! is about the dataset, this is about the server's visitors. Hits are not stored: they are
 //! searched again from the stored embedding, so they always reflect the current index.
 
-use crate::store::{from_blob, to_blob};
 use anyhow::{Context, Result};
 use app::types::{StageTimings, TextAnalysis};
+use kadr_engine::store::{from_blob, to_blob};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
@@ -53,7 +53,7 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 impl History {
     /// Opens (creating if needed) the history at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = crate::store::open_sqlite(path)?;
+        let conn = kadr_engine::store::open_sqlite(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS analyses (
                 model TEXT NOT NULL,

@@ -2,6 +2,7 @@
 //! are generated from the shared Rust types (`schemars`), so the document cannot drift from
 //! what the server sends; the paths are listed here, next to each other, by hand.
 
+use app::analyse::FileOutcome;
 use app::errors::ApiError;
 use app::types::*;
 use schemars::{generate::SchemaSettings, JsonSchema, SchemaGenerator};

@@ -19,9 +19,13 @@ use tracing_subscriber::{EnvFilter, Layer};
 pub const LOG_FILES_KEPT: usize = 14;
 
 /// Logs to stderr (human-readable, `RUST_LOG`, default `warn`) and, when `log_dir` is given, to
-/// `log_dir/kadr.log.YYYY-MM-DD` as JSON lines (default `info`), keeping [`LOG_FILES_KEPT`]
+/// `log_dir/kadr.log.YYYY-MM-DD` as JSON lines at `file_level` (`LOG_FILE_LEVEL`, a tracing
+/// filter; an invalid one falls back to `info` with a warning), keeping [`LOG_FILES_KEPT`]
 /// days. The returned guard flushes the file when dropped: keep it alive.
-pub fn init_logging(log_dir: Option<&Path>) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+pub fn init_logging(
+    log_dir: Option<&Path>,
+    file_level: &str,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let stderr_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let stderr = tracing_subscriber::fmt::layer()
@@ -30,8 +34,10 @@ pub fn init_logging(log_dir: Option<&Path>) -> Option<tracing_appender::non_bloc
     let (file, guard) = match log_dir.map(file_appender) {
         Some(Ok(appender)) => {
             let (writer, guard) = tracing_appender::non_blocking(appender);
-            let filter = EnvFilter::try_from_env("LOG_FILE_LEVEL")
-                .unwrap_or_else(|_| EnvFilter::new("info"));
+            let filter = EnvFilter::try_new(file_level).unwrap_or_else(|e| {
+                eprintln!("warning: LOG_FILE_LEVEL {file_level:?} is not a tracing filter ({e}): using info");
+                EnvFilter::new("info")
+            });
             let layer = tracing_subscriber::fmt::layer()
                 .json()
                 .with_writer(writer)

@@ -5,7 +5,6 @@
 
 use crate::auth::{self, Auth};
 use crate::backend::EngineBackend;
-use crate::config::Settings;
 use crate::limits;
 use anyhow::Context;
 use app::backend::Backend;
@@ -13,6 +12,7 @@ use app::{shell, App};
 use axum::http::{HeaderValue, Method};
 use axum::routing::get;
 use axum::{middleware, Router};
+use kadr_engine::settings::Settings;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::net::SocketAddr;
@@ -142,7 +142,10 @@ pub fn router(site_root: PathBuf, backend: EngineBackend, auth: Option<Arc<Auth>
             "/metrics",
             get(move || {
                 let b = metrics_backend.clone();
-                async move { crate::telemetry::render(b.index_len_now()).await }
+                async move {
+                    metrics::gauge!("kadr_batch_size_mean").set(b.mean_batch_size());
+                    crate::telemetry::render(b.index_len_now()).await
+                }
             }),
         )
         .route(

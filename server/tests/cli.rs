@@ -107,7 +107,48 @@ fn bad_input_gives_clear_errors() {
     let out = kadr(&home, &w, &["search", "-k", "0", text.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--k must be at least 1"));
     let out = kadr(&home, &w, &["--device", "tpu", "index", "."]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bad DEVICE"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEVICE must be cpu, cuda or cuda:N"));
+    // A bad variable is an error naming it, its value and what is allowed; never a default.
+    for (var, value, allowed) in [
+        ("THRESHOLD", "5", "from -1 to 1"),
+        ("INDEX_KIND", "annoy", "flat, hnsw, ivf"),
+        ("MAX_BATCH_SIZE", "0", "from 1 to 4096"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kadr"))
+            .env("KADR_HOME", &home)
+            .env(var, value)
+            .args(["index", "."])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {err}");
+        assert!(
+            err.contains(var) && err.contains(&format!("'{value}'")) && err.contains(allowed),
+            "{var}={value}: {err}"
+        );
+    }
+    // Set but empty means unset, as in a .env file with `VLM=`.
+    let out = kadr(
+        &home,
+        &w,
+        &["index", tmp.path().join("one").to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_kadr"))
+        .env("KADR_HOME", &home)
+        .env("MODEL", "convnext_test")
+        .env("MODEL_PATH", &w)
+        .env("THRESHOLD", "")
+        .env("VLM", " ")
+        .args(["index", tmp.path().join("one").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_kadr"))
         .env("KADR_HOME", &home)
         .env("MODEL_PATH", tmp.path().join("missing.safetensors"))

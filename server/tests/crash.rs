@@ -161,8 +161,8 @@ fn a_damaged_index_file_is_rebuilt_and_a_damaged_store_says_what_to_do() {
     assert_eq!(neighbours(&home, &w, &q), before);
 
     // An index of another dimension (another model's file copied over): rebuilt too.
-    let other = kadr::index::VectorIndex::build(
-        kadr::index::IndexKind::Flat,
+    let other = kadr_engine::index::VectorIndex::build(
+        kadr_engine::index::IndexKind::Flat,
         8,
         &(0..6).collect::<Vec<i64>>(),
         &[0.5f32; 48],

@@ -106,7 +106,7 @@ fn fused_text_beats_visual_on_tuxpaint() {
     assert_eq!(v["images"].as_u64(), Some(275));
     let visual = v["visual"]["map_at_10"].as_f64().unwrap();
     assert!((visual - 0.672).abs() <= 0.01, "visual MAP@10 {visual}");
-    let default = kadr::config::DEFAULT_FUSION_WEIGHT as f64;
+    let default = kadr_engine::settings::DEFAULT_FUSION_WEIGHT as f64;
     assert!((v["fusion_weight"].as_f64().unwrap() - default).abs() < 1e-6);
     let at = |w: f64| {
         v["fused"]

@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
-use kadr::vlm::processor::Qwen2Vl;
-use kadr::vlm::qwen2vl::LabelScore;
+use kadr_models::vlm::processor::Qwen2Vl;
+use kadr_models::vlm::qwen2vl::LabelScore;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -70,7 +70,7 @@ fn tokenizer_json() -> String {
 
 /// A model folder in hub layout built from the golden file.
 fn model_dir() -> PathBuf {
-    let root = kadr::shared_dir();
+    let root = common::shared_dir();
     let golden = root.join("golden");
     let dir = std::env::temp_dir().join(format!("qwen2vl-tiny-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -149,7 +149,7 @@ fn load_caption_zero_shot() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn p_zero_shot(vl: &Qwen2Vl, img: &RgbImage) -> kadr::vlm::qwen2vl::Prompt {
+fn p_zero_shot(vl: &Qwen2Vl, img: &RgbImage) -> kadr_models::vlm::qwen2vl::Prompt {
     vl.prompt(img, &vl.zero_shot_prompt).unwrap()
 }
 
@@ -166,13 +166,17 @@ fn the_server_captions_and_labels_uploads_with_the_vlm() {
     let data = tmp.path().join("data");
     common::synthetic_dataset(&data, &["cat", "dog", "car"], 3);
     let weights = common::tiny_convnext(tmp.path());
-    let embedder = kadr::embed::Embedder::load("convnext_test", &weights, Device::Cpu, 4).unwrap();
+    let embedder =
+        kadr_engine::embed::Embedder::load("convnext_test", &weights, Device::Cpu, 4).unwrap();
     let home = tmp.path().join("home");
-    let mut ws =
-        kadr::workspace::Workspace::open_with(&home, embedder, kadr::index::IndexKind::Flat)
-            .unwrap();
-    kadr::jobs::index_folder(&mut ws, &data, 4, &|_, _| {}).unwrap();
-    let mut settings = kadr::config::Settings::from_env();
+    let ws = kadr_engine::workspace::Workspace::open_with(
+        &home,
+        embedder,
+        kadr_engine::index::IndexKind::Flat,
+    )
+    .unwrap();
+    kadr_engine::jobs::index_folder(&ws, &data, 4, &|_, _| {}).unwrap();
+    let mut settings = kadr_engine::settings::Settings::from_env().unwrap();
     settings.home = home;
     settings.caption_tokens = 4;
     let vlm = Qwen2Vl::load(&model_dir(), &Device::Cpu, DType::F32).unwrap();
@@ -183,7 +187,9 @@ fn the_server_captions_and_labels_uploads_with_the_vlm() {
 
     let query = tmp.path().join("q.png");
     common::synthetic_png(&query, 1, 99);
-    let outcome = backend.analyse("q.png", &std::fs::read(&query).unwrap());
+    let outcome = backend
+        .analyse_files(vec![("q.png".into(), Ok(std::fs::read(&query).unwrap()))])
+        .remove(0);
     let analysis = outcome
         .analysis
         .unwrap_or_else(|| panic!("{:?}", outcome.error));

@@ -1,0 +1,183 @@
+//! Dynamic batching: concurrent requests to embed an image are gathered into one forward pass,
+//! the way inference servers such as Triton do. `workers` threads each take the first waiting
+//! request, wait at most `wait` for more (up to `max_batch` images), run one pass over all of
+//! them and answer each request on its own channel. While one worker runs a pass, the next
+//! gathers the next batch, so a GPU (or the CPU's cores) is never idle while requests wait.
+//!
+//! Callers decode and preprocess themselves (in parallel, on their own threads) and block on
+//! [`Batcher::embed`]; an error of the pass is every member's error. With batching off each
+//! request is its own pass, `workers` of them at once.
+
+use crate::embed::{Embedder, TopClasses};
+use anyhow::{anyhow, Result};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the batcher gathers requests.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Forward passes that may run at once.
+    pub workers: usize,
+    /// Most images in one pass.
+    pub max_batch: usize,
+    /// Longest the first request of a batch waits for others.
+    pub wait: Duration,
+    /// Gather at all (off: every request is its own pass).
+    pub enabled: bool,
+}
+
+impl BatchConfig {
+    /// The settings' batching: `EMBED_WORKERS`, `MAX_BATCH_SIZE`, `BATCH_WAIT_MS`,
+    /// `DYNAMIC_BATCHING`.
+    pub fn from_settings(s: &crate::settings::Settings) -> Self {
+        Self {
+            workers: s.embed_workers,
+            max_batch: s.max_batch_size,
+            wait: Duration::from_millis(s.batch_wait_ms),
+            enabled: s.dynamic_batching,
+        }
+    }
+
+    /// Requests that can be in a pass or gathering for one at the same time.
+    pub fn in_flight(&self) -> usize {
+        self.workers.max(1)
+            * if self.enabled {
+                self.max_batch.max(1)
+            } else {
+                1
+            }
+    }
+}
+
+/// One image to embed and where its answer goes.
+struct Job {
+    /// Preprocessed CHW pixels of one image.
+    data: Vec<f32>,
+    top_k: usize,
+    reply: Sender<Result<(Vec<f32>, TopClasses), String>>,
+}
+
+/// Passes run and images embedded, for the mean batch size.
+#[derive(Default)]
+struct Counters {
+    passes: AtomicU64,
+    images: AtomicU64,
+}
+
+/// The batcher; cheap to share. Dropping the last handle stops its workers once the queue
+/// is empty.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: Sender<Job>,
+    counters: Arc<Counters>,
+    config: BatchConfig,
+}
+
+impl Batcher {
+    /// Starts `config.workers` threads running `embedder`.
+    pub fn new(embedder: Arc<Embedder>, config: BatchConfig) -> Self {
+        let (tx, rx) = unbounded::<Job>();
+        let counters = Arc::new(Counters::default());
+        for i in 0..config.workers.max(1) {
+            let (rx, embedder, counters) = (rx.clone(), embedder.clone(), counters.clone());
+            std::thread::Builder::new()
+                .name(format!("kadr-embed-{i}"))
+                .spawn(move || worker(&rx, &embedder, &counters, config))
+                .expect("spawning an embedding worker");
+        }
+        Self {
+            tx,
+            counters,
+            config,
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> BatchConfig {
+        self.config
+    }
+
+    /// The L2-normalised embedding and top-`top_k` classes of one preprocessed image, from a
+    /// pass shared with whatever other requests arrived meanwhile. Blocks until it is done.
+    pub fn embed(&self, data: Vec<f32>, top_k: usize) -> Result<(Vec<f32>, TopClasses)> {
+        let (reply, answer) = bounded(1);
+        self.tx
+            .send(Job { data, top_k, reply })
+            .map_err(|_| anyhow!("the embedding workers have stopped"))?;
+        answer
+            .recv()
+            .map_err(|_| anyhow!("an embedding worker stopped during the pass"))?
+            .map_err(|e| anyhow!(e))
+    }
+
+    /// Mean images per forward pass so far (0 before the first).
+    pub fn mean_batch_size(&self) -> f64 {
+        let passes = self.counters.passes.load(Ordering::Relaxed);
+        if passes == 0 {
+            0.0
+        } else {
+            self.counters.images.load(Ordering::Relaxed) as f64 / passes as f64
+        }
+    }
+}
+
+fn worker(rx: &Receiver<Job>, embedder: &Embedder, counters: &Counters, config: BatchConfig) {
+    let max = if config.enabled {
+        config.max_batch.max(1)
+    } else {
+        1
+    };
+    while let Ok(first) = rx.recv() {
+        let deadline = Instant::now() + config.wait;
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            // What is queued already joins at once; then wait out the deadline.
+            match rx.try_recv() {
+                Ok(job) => {
+                    jobs.push(job);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match rx.recv_timeout(deadline - now) {
+                Ok(job) => jobs.push(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        run_pass(embedder, counters, jobs);
+    }
+}
+
+fn run_pass(embedder: &Embedder, counters: &Counters, jobs: Vec<Job>) {
+    let n = jobs.len();
+    let top_k = jobs.iter().map(|j| j.top_k).max().unwrap_or(0);
+    let mut data = Vec::with_capacity(jobs.iter().map(|j| j.data.len()).sum());
+    for j in &jobs {
+        data.extend_from_slice(&j.data);
+    }
+    counters.passes.fetch_add(1, Ordering::Relaxed);
+    counters.images.fetch_add(n as u64, Ordering::Relaxed);
+    metrics::histogram!("kadr_batch_size").record(n as f64);
+    match embedder.embed_with_top(&data, n, top_k) {
+        Ok(out) => {
+            for (job, (v, mut top)) in jobs.into_iter().zip(out) {
+                top.truncate(job.top_k);
+                // A requester that gave up is no error of the pass.
+                let _ = job.reply.send(Ok((v, top)));
+            }
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            for job in jobs {
+                let _ = job.reply.send(Err(why.clone()));
+            }
+        }
+    }
+}

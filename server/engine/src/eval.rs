@@ -1,0 +1,371 @@
+//! Evaluate: how well neighbours find images of the same category. MAP@k (AP@k normalised
+//! by min(k, relevant)), k-NN vote accuracy, per-category precision/recall, the confusion
+//! matrix and the worst queries; leave-one-out over one set, or queries against an index set.
+
+use crate::index::{IndexKind, VectorIndex};
+use crate::vote::{vote, VoteConfig};
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A labelled embedding taking part in an evaluation.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub path: String,
+    pub category: String,
+    pub embedding: Vec<f32>,
+}
+
+/// One query's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResult {
+    pub path: String,
+    pub category: String,
+    pub predicted: Option<String>,
+    pub confidence: f32,
+    pub ap: f64,
+    /// Neighbour paths and similarities, best first.
+    pub neighbours: Vec<(String, f32)>,
+}
+
+/// Per-category figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryStats {
+    pub category: String,
+    pub images: usize,
+    pub map_at_k: f64,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub k: usize,
+    pub images: usize,
+    pub queries: usize,
+    pub map_at_10: f64,
+    pub vote_accuracy: f64,
+    pub per_category: Vec<CategoryStats>,
+    /// Row = true category, column = predicted (last column: no prediction).
+    pub confusion: Confusion,
+    /// The lowest-AP queries, worst first.
+    pub worst: Vec<QueryResult>,
+    #[serde(skip)]
+    pub results: Vec<QueryResult>,
+}
+
+/// Confusion matrix with its labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct Confusion {
+    pub labels: Vec<String>,
+    pub matrix: Vec<Vec<usize>>,
+}
+
+/// AP@k of one ranked relevance list, normalised by min(k, relevant).
+pub fn average_precision(relevance: &[bool], relevant_total: usize, k: usize) -> f64 {
+    let denom = k.min(relevant_total);
+    if denom == 0 {
+        return 0.0;
+    }
+    let mut hits = 0usize;
+    let mut sum = 0.0;
+    for (i, &rel) in relevance.iter().take(k).enumerate() {
+        if rel {
+            hits += 1;
+            sum += hits as f64 / (i + 1) as f64;
+        }
+    }
+    sum / denom as f64
+}
+
+/// Leave-one-out over `items` (each image queries all others), or, with `queries`, each
+/// query against `items` as the index. `cfg.k` neighbours vote; MAP uses 10.
+pub fn evaluate(items: &[Item], queries: Option<&[Item]>, cfg: &VoteConfig) -> Result<Report> {
+    const MAP_K: usize = 10;
+    anyhow::ensure!(!items.is_empty(), "nothing to evaluate: no labelled images");
+    let dim = items[0].embedding.len();
+    let ids: Vec<i64> = (0..items.len() as i64).collect();
+    let data: Vec<f32> = items
+        .iter()
+        .flat_map(|i| i.embedding.iter().copied())
+        .collect();
+    let index = VectorIndex::build(IndexKind::Flat, dim, &ids, &data)?;
+    let leave_one_out = queries.is_none();
+    let qs = queries.unwrap_or(items);
+    let qdata: Vec<f32> = qs
+        .iter()
+        .flat_map(|i| i.embedding.iter().copied())
+        .collect();
+    let depth = MAP_K.max(cfg.k) + usize::from(leave_one_out);
+    let hits = index.search(&qdata, depth)?;
+
+    let mut per_cat_count: BTreeMap<&str, usize> = BTreeMap::new();
+    for it in items {
+        *per_cat_count.entry(it.category.as_str()).or_default() += 1;
+    }
+    let mut results = Vec::with_capacity(qs.len());
+    for (qi, (q, hits)) in qs.iter().zip(hits).enumerate() {
+        let ranked: Vec<(usize, f32)> = hits
+            .into_iter()
+            .map(|h| (h.id as usize, h.score))
+            .filter(|&(id, _)| !(leave_one_out && id == qi))
+            .collect();
+        let relevance: Vec<bool> = ranked
+            .iter()
+            .map(|&(id, _)| items[id].category == q.category)
+            .collect();
+        let relevant = per_cat_count.get(q.category.as_str()).copied().unwrap_or(0)
+            - usize::from(leave_one_out);
+        let ap = average_precision(&relevance, relevant, MAP_K);
+        let v = vote(
+            ranked
+                .iter()
+                .map(|&(id, s)| (items[id].category.as_str(), s)),
+            cfg,
+        );
+        results.push(QueryResult {
+            path: q.path.clone(),
+            category: q.category.clone(),
+            predicted: v.category,
+            confidence: v.confidence,
+            ap,
+            neighbours: ranked
+                .iter()
+                .take(MAP_K)
+                .map(|&(id, s)| (items[id].path.clone(), s))
+                .collect(),
+        });
+    }
+    Ok(summarise(
+        results,
+        items.len(),
+        cfg.k,
+        if leave_one_out {
+            "leave-one-out"
+        } else {
+            "queries"
+        },
+    ))
+}
+
+fn summarise(results: Vec<QueryResult>, images: usize, k: usize, mode: &str) -> Report {
+    let n = results.len().max(1) as f64;
+    let map = results.iter().map(|r| r.ap).sum::<f64>() / n;
+    let correct = |r: &QueryResult| r.predicted.as_deref() == Some(r.category.as_str());
+    let acc = results.iter().filter(|r| correct(r)).count() as f64 / n;
+
+    let mut labels: Vec<String> = results.iter().map(|r| r.category.clone()).collect();
+    labels.extend(results.iter().filter_map(|r| r.predicted.clone()));
+    labels.sort();
+    labels.dedup();
+    let pos = |c: &str| {
+        labels
+            .iter()
+            .position(|l| l == c)
+            .expect("label collected above")
+    };
+    let mut matrix = vec![vec![0usize; labels.len() + 1]; labels.len()];
+    for r in &results {
+        let col = r.predicted.as_deref().map_or(labels.len(), pos);
+        matrix[pos(&r.category)][col] += 1;
+    }
+    let per_category = labels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let rows: Vec<&QueryResult> = results.iter().filter(|r| &r.category == c).collect();
+            if rows.is_empty() {
+                return None;
+            }
+            let tp = matrix[i][i] as f64;
+            let predicted_as: usize = matrix.iter().map(|row| row[i]).sum();
+            Some(CategoryStats {
+                category: c.clone(),
+                images: rows.len(),
+                map_at_k: rows.iter().map(|r| r.ap).sum::<f64>() / rows.len() as f64,
+                precision: if predicted_as > 0 {
+                    tp / predicted_as as f64
+                } else {
+                    0.0
+                },
+                recall: tp / rows.len() as f64,
+            })
+        })
+        .collect();
+    let mut worst = results.clone();
+    worst.sort_by(|a, b| a.ap.total_cmp(&b.ap).then(a.path.cmp(&b.path)));
+    worst.truncate(20);
+    Report {
+        mode: mode.to_string(),
+        k,
+        images,
+        queries: results.len(),
+        map_at_10: map,
+        vote_accuracy: acc,
+        per_category,
+        confusion: Confusion { labels, matrix },
+        worst,
+        results,
+    }
+}
+
+/// Writes one CSV row per query: path, category, predicted, confidence, ap.
+pub fn write_csv(report: &Report, w: impl std::io::Write) -> Result<()> {
+    let mut out = csv::Writer::from_writer(w);
+    out.write_record(["image", "category", "predicted", "confidence", "ap_at_10"])?;
+    for r in &report.results {
+        out.write_record([
+            r.path.as_str(),
+            r.category.as_str(),
+            r.predicted.as_deref().unwrap_or(""),
+            &format!("{:.4}", r.confidence),
+            &format!("{:.4}", r.ap),
+        ])?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Projects vectors on their first two principal components (power iteration on the centred
+/// data, deflating after the first), for the dashboard's embedding map.
+pub fn pca2(vectors: &[&[f32]]) -> Vec<(f32, f32)> {
+    let n = vectors.len();
+    let Some(d) = vectors.first().map(|v| v.len()) else {
+        return Vec::new();
+    };
+    let mut mean = vec![0f64; d];
+    for v in vectors {
+        for (m, x) in mean.iter_mut().zip(v.iter()) {
+            *m += *x as f64 / n as f64;
+        }
+    }
+    let centred: Vec<Vec<f64>> = vectors
+        .iter()
+        .map(|v| v.iter().zip(&mean).map(|(x, m)| *x as f64 - m).collect())
+        .collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let mut components: Vec<Vec<f64>> = Vec::new();
+    for c in 0..2 {
+        // A fixed, non-degenerate start keeps the map stable between runs.
+        let mut v: Vec<f64> = (0..d).map(|i| 1.0 + ((i * (c + 3)) % 7) as f64).collect();
+        for _ in 0..100 {
+            // w = Xᵀ(X v), with earlier components projected out.
+            let xv: Vec<f64> = centred.iter().map(|row| dot(row, &v)).collect();
+            let mut w = vec![0f64; d];
+            for (row, s) in centred.iter().zip(&xv) {
+                for (wi, ri) in w.iter_mut().zip(row) {
+                    *wi += ri * s;
+                }
+            }
+            for p in &components {
+                let k = dot(&w, p);
+                for (wi, pi) in w.iter_mut().zip(p) {
+                    *wi -= k * pi;
+                }
+            }
+            let norm = dot(&w, &w).sqrt();
+            if norm < 1e-12 {
+                break;
+            }
+            v = w.into_iter().map(|x| x / norm).collect();
+        }
+        components.push(v);
+    }
+    centred
+        .iter()
+        .map(|row| {
+            (
+                dot(row, &components[0]) as f32,
+                dot(row, &components[1]) as f32,
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ap_is_normalised_by_min_k_relevant() {
+        assert_eq!(average_precision(&[true, true], 2, 10), 1.0);
+        assert_eq!(average_precision(&[false, true], 1, 10), 0.5);
+        // 1/1 + 2/3 over min(10, 4) = 4
+        assert!(
+            (average_precision(&[true, false, true], 4, 10) - (1.0 + 2.0 / 3.0) / 4.0).abs()
+                < 1e-12
+        );
+        assert_eq!(average_precision(&[true; 12], 30, 10), 1.0);
+        assert_eq!(average_precision(&[], 0, 10), 0.0);
+    }
+
+    fn item(path: &str, cat: &str, v: [f32; 2]) -> Item {
+        let n = (v[0] * v[0] + v[1] * v[1]).sqrt();
+        Item {
+            path: path.into(),
+            category: cat.into(),
+            embedding: vec![v[0] / n, v[1] / n],
+        }
+    }
+
+    #[test]
+    fn leave_one_out_on_two_clusters() {
+        let items = vec![
+            item("a1", "a", [1.0, 0.0]),
+            item("a2", "a", [1.0, 0.1]),
+            item("a3", "a", [1.0, 0.2]),
+            item("b1", "b", [0.0, 1.0]),
+            item("b2", "b", [0.1, 1.0]),
+            item("b3", "b", [0.9, 0.3]), // sits among the a's
+        ];
+        let cfg = VoteConfig {
+            k: 2,
+            ..Default::default()
+        };
+        let r = evaluate(&items, None, &cfg).unwrap();
+        assert_eq!((r.images, r.queries), (6, 6));
+        assert_eq!(r.vote_accuracy, 5.0 / 6.0);
+        let b3 = r.results.iter().find(|q| q.path == "b3").unwrap();
+        assert_eq!(b3.predicted.as_deref(), Some("a"));
+        assert!(
+            b3.neighbours.iter().all(|(p, _)| p != "b3"),
+            "a query never finds itself"
+        );
+        assert_eq!(r.worst[0].path, "b3");
+        assert_eq!(r.confusion.labels, vec!["a", "b"]);
+        assert_eq!(r.confusion.matrix[1], vec![1, 2, 0]);
+        let a = &r.per_category[0];
+        assert_eq!((a.category.as_str(), a.recall), ("a", 1.0));
+        assert_eq!(a.precision, 3.0 / 4.0);
+        let q = [item("q", "b", [0.0, 1.0])];
+        let r2 = evaluate(&items, Some(&q), &cfg).unwrap();
+        assert_eq!(r2.results[0].ap, 1.0);
+    }
+
+    #[test]
+    fn pca_finds_the_spread_directions() {
+        // Points along x (spread 10) and y (spread 1) in 3-D, plus a constant offset.
+        let pts: Vec<Vec<f32>> = (0..20)
+            .map(|i| {
+                let t = i as f32 - 9.5;
+                vec![
+                    5.0 + t,
+                    2.0 + 0.1 * t * if i % 2 == 0 { 1.0 } else { -1.0 },
+                    7.0,
+                ]
+            })
+            .collect();
+        let refs: Vec<&[f32]> = pts.iter().map(|p| p.as_slice()).collect();
+        let xy = super::pca2(&refs);
+        assert_eq!(xy.len(), 20);
+        // The first coordinate follows x exactly (up to sign), and is centred.
+        let sign = (xy[19].0 - xy[0].0).signum();
+        for (p, (x, _)) in pts.iter().zip(&xy) {
+            assert!((sign * x - (p[0] - 5.0)).abs() < 1e-3, "{x} vs {}", p[0]);
+        }
+        assert!(xy.iter().map(|p| p.1.abs()).fold(0.0, f32::max) < 2.0);
+        assert!(super::pca2(&[]).is_empty());
+    }
+}

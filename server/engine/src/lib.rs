@@ -1,0 +1,22 @@
+//! kadr's engine, in the order data flows through it, with no web code:
+//! [`decode`] → [`preprocess`] → [`embed`] (backbones from `kadr-models`; [`batcher`] gathers
+//! concurrent requests into one forward pass; [`text`] embeds each image's text and [`fusion`]
+//! joins the two) → [`index`] + [`store`] (tied together by [`workspace`], shared by many
+//! threads at once) → [`vote`] → [`eval`] / [`submit`]. [`dataset`] finds labelled images on
+//! disk, [`jobs`] runs the stages over folders, [`settings`] is the one typed configuration.
+
+pub mod batcher;
+pub mod dataset;
+pub mod decode;
+pub mod embed;
+pub mod eval;
+pub mod fusion;
+pub mod index;
+pub mod jobs;
+pub mod preprocess;
+pub mod settings;
+pub mod store;
+pub mod submit;
+pub mod text;
+pub mod vote;
+pub mod workspace;

@@ -1,0 +1,615 @@
+//! Store: the SQLite metadata store, source of truth for what is indexed. One row per
+//! (model, image path) with its content hash, split, category, the embedding itself and the
+//! backbone's labels for it; text embeddings of those labels sit in their own table keyed by
+//! (content hash, text model, text), so each is computed once. The FAISS index is derived data
+//! that can always be rebuilt. WAL mode; every batch of inserts is one transaction, so a crash
+//! loses at most the batch in flight.
+
+use anyhow::{Context, Result};
+use rusqlite::{named_params, params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// An image to record, with its embedding.
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    pub path: String,
+    pub hash: String,
+    pub split: String,
+    pub category: String,
+    pub width: u32,
+    pub height: u32,
+    pub embedding: Vec<f32>,
+    /// The backbone's top labels as text (`fusion::image_text`); `None` when it has none.
+    pub labels: Option<String>,
+}
+
+/// A stored image without its embedding.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ImageRow {
+    pub id: i64,
+    pub path: String,
+    pub hash: String,
+    pub split: String,
+    pub category: String,
+}
+
+/// A row id (or row) with its visual embedding and the embedding of its text.
+pub type WithText<R> = (R, Vec<f32>, Vec<f32>);
+
+/// The metadata store.
+pub struct Store {
+    conn: Connection,
+}
+
+/// An embedding as little-endian f32 bytes, the form SQLite stores.
+pub fn to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The inverse of [`to_blob`].
+pub fn from_blob(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Joins an image row `i` to the embedding `t` of its text under the text model `:text_model`.
+/// The text of an image is its labels; a caption column, when one comes, goes first here
+/// (`coalesce(i.caption, i.labels)`).
+const TEXT_JOIN: &str = "JOIN text_embeddings t
+    ON t.hash = i.hash AND t.text_model = :text_model AND t.text = i.labels";
+
+fn image_row(r: &rusqlite::Row) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow {
+        id: r.get(0)?,
+        path: r.get(1)?,
+        hash: r.get(2)?,
+        split: r.get(3)?,
+        category: r.get(4)?,
+    })
+}
+
+/// Opens (creating if needed) an SQLite database the way every kadr database is used: WAL
+/// (a crash loses at most the transaction in flight), NORMAL sync, and a wait on locks.
+pub fn open_sqlite(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_checked(path).with_context(|| {
+            format!(
+                "{} is damaged or not a kadr store: move it aside (the image files are untouched) \
+                 and run `kadr index` again to rebuild it",
+                path.display()
+            )
+        })
+    }
+
+    fn open_checked(path: &Path) -> Result<Self> {
+        let conn = open_sqlite(path)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS images (
+                id INTEGER PRIMARY KEY,
+                model TEXT NOT NULL,
+                path TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                split TEXT NOT NULL DEFAULT '',
+                category TEXT NOT NULL DEFAULT '',
+                width INTEGER NOT NULL DEFAULT 0,
+                height INTEGER NOT NULL DEFAULT 0,
+                embedding BLOB NOT NULL,
+                added_at INTEGER NOT NULL DEFAULT (unixepoch()),
+                labels TEXT,
+                UNIQUE (model, path)
+            );
+            CREATE INDEX IF NOT EXISTS images_model_hash ON images (model, hash);
+            CREATE TABLE IF NOT EXISTS text_embeddings (
+                hash TEXT NOT NULL,
+                text_model TEXT NOT NULL,
+                text TEXT NOT NULL,
+                embedding BLOB NOT NULL,
+                PRIMARY KEY (hash, text_model, text)
+            );
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        )
+        .context("creating the metadata schema")?;
+        // Stores made before labels existed get the column empty: their rows stay searchable
+        // visually, and indexing again in the fused space fills it in.
+        let has_labels: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('images') WHERE name = 'labels'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_labels {
+            conn.execute("ALTER TABLE images ADD COLUMN labels TEXT", [])
+                .context("adding the labels column")?;
+        }
+        Ok(Self { conn })
+    }
+
+    /// Length of the vectors stored for `model` (`None` when it has none).
+    pub fn vector_dim(&self, model: &str) -> Result<Option<usize>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT length(embedding) FROM images WHERE model = ?1 LIMIT 1",
+                params![model],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|bytes| bytes as usize / 4))
+    }
+
+    /// The content hash recorded for `path` under `model`, with its id.
+    pub fn hash_of_path(&self, model: &str, path: &str) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, hash FROM images WHERE model = ?1 AND path = ?2",
+                params![model, path],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Whether the row of `path` under `model` has labels (rows stored before labels existed
+    /// have none).
+    pub fn has_labels(&self, model: &str, path: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT labels IS NOT NULL FROM images WHERE model = ?1 AND path = ?2",
+                params![model, path],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    /// An embedding already computed for this content (any path), with its labels, if one
+    /// exists (labelled rows first).
+    pub fn embedding_by_hash(
+        &self,
+        model: &str,
+        hash: &str,
+    ) -> Result<Option<(Vec<f32>, Option<String>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT embedding, labels FROM images WHERE model = ?1 AND hash = ?2
+                 ORDER BY labels IS NULL LIMIT 1",
+                params![model, hash],
+                |r| Ok((from_blob(&r.get::<_, Vec<u8>>(0)?), r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The stored embedding of `text` for the content `hash` under `text_model`.
+    pub fn text_embedding(
+        &self,
+        hash: &str,
+        text_model: &str,
+        text: &str,
+    ) -> Result<Option<Vec<f32>>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT embedding FROM text_embeddings
+                 WHERE hash = ?1 AND text_model = ?2 AND text = ?3",
+            )?
+            .query_row(params![hash, text_model, text], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .map(|b| from_blob(&b)))
+    }
+
+    /// Records (hash, text, embedding) triples under `text_model` in one transaction.
+    pub fn insert_text_embeddings(
+        &mut self,
+        text_model: &str,
+        rows: &[(String, String, Vec<f32>)],
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR REPLACE INTO text_embeddings (hash, text_model, text, embedding)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (hash, text, v) in rows {
+                ins.execute(params![hash, text_model, text, to_blob(v)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The distinct (hash, text) of `model`'s labelled rows with no embedding under
+    /// `text_model` yet.
+    pub fn missing_texts(&self, model: &str, text_model: &str) -> Result<Vec<(String, String)>> {
+        let mut st = self.conn.prepare(
+            "SELECT DISTINCT i.hash, i.labels FROM images i
+             WHERE i.model = ?1 AND i.labels IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM text_embeddings t
+                WHERE t.hash = i.hash AND t.text_model = ?2 AND t.text = i.labels)
+             ORDER BY 1, 2",
+        )?;
+        let rows = st.query_map(params![model, text_model], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a batch in one transaction. A path already present is replaced; the returned
+    /// pairs are (new ids in input order, ids that were replaced and must leave the index).
+    pub fn insert_batch(&mut self, model: &str, rows: &[NewImage]) -> Result<(Vec<i64>, Vec<i64>)> {
+        let tx = self.conn.transaction()?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut replaced = Vec::new();
+        {
+            let mut old =
+                tx.prepare_cached("SELECT id FROM images WHERE model = ?1 AND path = ?2")?;
+            let mut del = tx.prepare_cached("DELETE FROM images WHERE id = ?1")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO images
+                 (model, path, hash, split, category, width, height, embedding, labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for r in rows {
+                if let Some(id) = old
+                    .query_row(params![model, r.path], |x| x.get::<_, i64>(0))
+                    .optional()?
+                {
+                    del.execute([id])?;
+                    replaced.push(id);
+                }
+                ins.execute(params![
+                    model,
+                    r.path,
+                    r.hash,
+                    r.split,
+                    r.category,
+                    r.width,
+                    r.height,
+                    to_blob(&r.embedding),
+                    r.labels
+                ])?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit()?;
+        Ok((ids, replaced))
+    }
+
+    /// Deletes rows by id; returns how many existed.
+    pub fn remove(&mut self, ids: &[i64]) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM images WHERE id = ?1")?;
+            for id in ids {
+                n += del.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Every (id, embedding) of `model`, in id order: the input to rebuild an index.
+    pub fn all_vectors(&self, model: &str) -> Result<(Vec<i64>, Vec<f32>)> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, embedding FROM images WHERE model = ?1 ORDER BY id")?;
+        let mut ids = Vec::new();
+        let mut data = Vec::new();
+        let mut rows = st.query([model])?;
+        while let Some(r) = rows.next()? {
+            ids.push(r.get(0)?);
+            data.extend(from_blob(&r.get::<_, Vec<u8>>(1)?));
+        }
+        Ok((ids, data))
+    }
+
+    /// Every (id, embedding, text embedding) of `model` whose text has an embedding under
+    /// `text_model`, in id order: the input to rebuild a fused index.
+    pub fn all_vector_pairs(&self, model: &str, text_model: &str) -> Result<Vec<WithText<i64>>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT i.id, i.embedding, t.embedding FROM images i {TEXT_JOIN}
+             WHERE i.model = :model ORDER BY i.id"
+        ))?;
+        let rows = st.query_map(
+            named_params! {":model": model, ":text_model": text_model},
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    from_blob(&r.get::<_, Vec<u8>>(1)?),
+                    from_blob(&r.get::<_, Vec<u8>>(2)?),
+                ))
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Rows by id (missing ids are skipped).
+    pub fn rows(&self, ids: &[i64]) -> Result<HashMap<i64, ImageRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, path, hash, split, category FROM images WHERE id = ?1")?;
+        let mut out = HashMap::new();
+        for id in ids {
+            if let Some(row) = st.query_row([id], image_row).optional()? {
+                out.insert(*id, row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The rows of `model` whose paths start with `prefix`, with embeddings.
+    pub fn rows_under(&self, model: &str, prefix: &str) -> Result<Vec<(ImageRow, Vec<f32>)>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, path, hash, split, category, embedding FROM images
+             WHERE model = ?1 AND substr(path, 1, length(?2)) = ?2 ORDER BY path",
+        )?;
+        let rows = st.query_map(params![model, prefix], |r| {
+            Ok((image_row(r)?, from_blob(&r.get::<_, Vec<u8>>(5)?)))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// An indexed image by content hash (the first path with it), with its embedding.
+    pub fn row_by_hash(&self, model: &str, hash: &str) -> Result<Option<(ImageRow, Vec<f32>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, path, hash, split, category, embedding FROM images
+                 WHERE model = ?1 AND hash = ?2 ORDER BY id LIMIT 1",
+                params![model, hash],
+                |r| Ok((image_row(r)?, from_blob(&r.get::<_, Vec<u8>>(5)?))),
+            )
+            .optional()?)
+    }
+
+    /// Like [`Self::rows_under`], with each row's text embedding under `text_model`; rows
+    /// whose text has none are left out.
+    pub fn rows_under_with_text(
+        &self,
+        model: &str,
+        text_model: &str,
+        prefix: &str,
+    ) -> Result<Vec<WithText<ImageRow>>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT i.id, i.path, i.hash, i.split, i.category, i.embedding, t.embedding
+             FROM images i {TEXT_JOIN}
+             WHERE i.model = :model AND substr(i.path, 1, length(:prefix)) = :prefix
+             ORDER BY i.path"
+        ))?;
+        let rows = st.query_map(
+            named_params! {":model": model, ":text_model": text_model, ":prefix": prefix},
+            |r| {
+                Ok((
+                    image_row(r)?,
+                    from_blob(&r.get::<_, Vec<u8>>(5)?),
+                    from_blob(&r.get::<_, Vec<u8>>(6)?),
+                ))
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// (count, sum of ids) for `model`: a cheap fingerprint of what the index must contain.
+    pub fn fingerprint(&self, model: &str) -> Result<String> {
+        let (n, s): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(id), 0) FROM images WHERE model = ?1",
+            [model],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(format!("{n}:{s}"))
+    }
+
+    /// [`Self::fingerprint`] of the rows of `model` whose text has an embedding under
+    /// `text_model`: what a fused index must contain.
+    pub fn fingerprint_with_text(&self, model: &str, text_model: &str) -> Result<String> {
+        let (n, s): (i64, i64) = self.conn.query_row(
+            &format!(
+                "SELECT count(*), coalesce(sum(i.id), 0) FROM images i {TEXT_JOIN}
+                 WHERE i.model = :model"
+            ),
+            named_params! {":model": model, ":text_model": text_model},
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(format!("{n}:{s}"))
+    }
+
+    /// Image counts per (split, category) for `model`.
+    pub fn counts(&self, model: &str) -> Result<Vec<(String, String, u64)>> {
+        let mut st = self.conn.prepare(
+            "SELECT split, category, count(*) FROM images WHERE model = ?1 GROUP BY split, category ORDER BY split, category",
+        )?;
+        let rows = st.query_map([model], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Reads a value from the key-value table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Writes a value to the key-value table.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(path: &str, hash: &str, v: f32) -> NewImage {
+        NewImage {
+            path: path.into(),
+            hash: hash.into(),
+            split: "train".into(),
+            category: "cat".into(),
+            width: 1,
+            height: 1,
+            embedding: vec![v, -v],
+            labels: None,
+        }
+    }
+
+    #[test]
+    fn insert_replace_lookup_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("m.sqlite")).unwrap();
+        let (ids, replaced) = s
+            .insert_batch("m", &[img("/a.png", "h1", 1.0), img("/b.png", "h2", 2.0)])
+            .unwrap();
+        assert_eq!((ids.len(), replaced.len()), (2, 0));
+        assert_eq!(
+            s.hash_of_path("m", "/a.png").unwrap(),
+            Some((ids[0], "h1".into()))
+        );
+        assert_eq!(s.hash_of_path("other", "/a.png").unwrap(), None);
+        assert_eq!(
+            s.embedding_by_hash("m", "h2").unwrap(),
+            Some((vec![2.0, -2.0], None))
+        );
+        let (new, replaced) = s.insert_batch("m", &[img("/a.png", "h3", 3.0)]).unwrap();
+        assert_eq!(replaced, vec![ids[0]]);
+        let (all, data) = s.all_vectors("m").unwrap();
+        assert_eq!(all, vec![ids[1], new[0]]);
+        assert_eq!(data, vec![2.0, -2.0, 3.0, -3.0]);
+        assert_eq!(
+            s.fingerprint("m").unwrap(),
+            format!("2:{}", ids[1] + new[0])
+        );
+        assert_eq!(s.remove(&[ids[1]]).unwrap(), 1);
+        assert_eq!(
+            s.counts("m").unwrap(),
+            vec![("train".into(), "cat".into(), 1)]
+        );
+        assert_eq!(s.rows_under("m", "/a").unwrap().len(), 1);
+        s.set_meta("k", "v").unwrap();
+        assert_eq!(s.meta("k").unwrap().as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn text_embeddings_join_rows_by_hash_and_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("m.sqlite")).unwrap();
+        let labelled = |path, hash, v, text: &str| NewImage {
+            labels: Some(text.into()),
+            ..img(path, hash, v)
+        };
+        let (ids, _) = s
+            .insert_batch(
+                "m",
+                &[
+                    labelled("/a.png", "h1", 1.0, "cup, mug"),
+                    labelled("/b.png", "h1", 1.0, "cup, mug"),
+                    labelled("/c.png", "h2", 2.0, "bee"),
+                    img("/d.png", "h3", 3.0),
+                ],
+            )
+            .unwrap();
+        assert!(s.has_labels("m", "/a.png").unwrap());
+        assert!(!s.has_labels("m", "/d.png").unwrap());
+        assert_eq!(
+            s.embedding_by_hash("m", "h1").unwrap(),
+            Some((vec![1.0, -1.0], Some("cup, mug".into())))
+        );
+        // Distinct (hash, text) pairs: identical content is embedded once; unlabelled rows wait.
+        assert_eq!(
+            s.missing_texts("m", "t").unwrap(),
+            vec![
+                ("h1".into(), "cup, mug".into()),
+                ("h2".into(), "bee".into())
+            ]
+        );
+        s.insert_text_embeddings("t", &[("h1".into(), "cup, mug".into(), vec![0.5])])
+            .unwrap();
+        assert_eq!(
+            s.text_embedding("h1", "t", "cup, mug").unwrap(),
+            Some(vec![0.5])
+        );
+        assert_eq!(s.text_embedding("h1", "other", "cup, mug").unwrap(), None);
+        assert_eq!(s.missing_texts("m", "t").unwrap().len(), 1);
+        let pairs = s.all_vector_pairs("m", "t").unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                (ids[0], vec![1.0, -1.0], vec![0.5]),
+                (ids[1], vec![1.0, -1.0], vec![0.5])
+            ]
+        );
+        assert_eq!(
+            s.fingerprint_with_text("m", "t").unwrap(),
+            format!("2:{}", ids[0] + ids[1])
+        );
+        let under = s.rows_under_with_text("m", "t", "/b").unwrap();
+        assert_eq!(under.len(), 1);
+        assert_eq!((under[0].0.id, under[0].2.clone()), (ids[1], vec![0.5]));
+        // A row whose text changed no longer joins its old text's embedding.
+        s.insert_batch("m", &[labelled("/a.png", "h1", 1.0, "teapot")])
+            .unwrap();
+        assert_eq!(s.all_vector_pairs("m", "t").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn stores_from_before_labels_open_and_keep_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE images (
+                    id INTEGER PRIMARY KEY, model TEXT NOT NULL, path TEXT NOT NULL,
+                    hash TEXT NOT NULL, split TEXT NOT NULL DEFAULT '',
+                    category TEXT NOT NULL DEFAULT '', width INTEGER NOT NULL DEFAULT 0,
+                    height INTEGER NOT NULL DEFAULT 0, embedding BLOB NOT NULL,
+                    added_at INTEGER NOT NULL DEFAULT (unixepoch()), UNIQUE (model, path));
+                 INSERT INTO images (model, path, hash, embedding) VALUES ('m', '/old.png', 'h0', x'0000803f');",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.all_vectors("m").unwrap().1, vec![1.0]);
+        assert!(!s.has_labels("m", "/old.png").unwrap());
+        assert_eq!(
+            s.embedding_by_hash("m", "h0").unwrap(),
+            Some((vec![1.0], None))
+        );
+        s.insert_batch(
+            "m",
+            &[NewImage {
+                labels: Some("bee".into()),
+                ..img("/new.png", "h1", 2.0)
+            }],
+        )
+        .unwrap();
+        assert!(s.has_labels("m", "/new.png").unwrap());
+        drop(s);
+        // Opening again finds the column there.
+        assert_eq!(
+            Store::open(&path)
+                .unwrap()
+                .all_vectors("m")
+                .unwrap()
+                .0
+                .len(),
+            2
+        );
+    }
+}

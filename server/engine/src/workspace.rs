@@ -1,0 +1,610 @@
+//! Workspace: the engine on disk. Ties the metadata store, the FAISS index and the embedders
+//! together: index folders incrementally (content-hash skips, embeddings reused by hash),
+//! search by image or vector, and keep the index file consistent with the store — a stale or
+//! damaged index file is rebuilt from the store's vectors, so a crash loses at most one batch.
+//! The index holds one space: the visual embeddings, or (`EMBEDDING=fused`) those fused with
+//! the embeddings of each image's text (`fusion`), whose text vectors the store keeps too.
+//!
+//! Shared, not locked: every method takes `&self`, so one `Arc<Workspace>` serves searches,
+//! uploads and an index job at once. The store is behind a mutex held only for single
+//! statements or one batch's transaction, the index behind a read-write lock (searches read
+//! it together; adding a batch writes it briefly), and no lock is held during a forward pass.
+//! One writer (an index job, a rebuild, a removal) runs at a time.
+
+use crate::dataset::LabeledFile;
+use crate::decode::decode;
+use crate::embed::Embedder;
+use crate::fusion::{image_text, EmbeddingKind, Fusion};
+use crate::index::{Hit, IndexKind, VectorIndex};
+use crate::settings::{Settings, IMAGE_TEXT_LABELS};
+use crate::store::{ImageRow, NewImage, Store, WithText};
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+/// Batches between index checkpoints while indexing (the store commits every batch).
+const CHECKPOINT_EVERY: usize = 20;
+
+/// What an indexing run did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct IndexReport {
+    /// Newly embedded images.
+    pub embedded: usize,
+    /// Images recorded with an embedding reused from identical content.
+    pub reused: usize,
+    /// Images already indexed with the same content and model.
+    pub skipped: usize,
+    /// Files that could not be read or decoded, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// A search result.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Neighbour {
+    pub id: i64,
+    pub path: String,
+    /// Content hash of the image file.
+    pub hash: String,
+    pub split: String,
+    pub category: String,
+    pub score: f32,
+}
+
+/// Texts embedded per transaction when a fused workspace catches up on stored images.
+const TEXT_BACKFILL_CHUNK: usize = 256;
+
+/// The engine state behind every subcommand and the server.
+pub struct Workspace {
+    store: Mutex<Store>,
+    embedder: Arc<Embedder>,
+    /// The text side of a fused space; `None` when the space is visual.
+    fusion: Option<Fusion>,
+    /// What the index holds: the embedder's model id, or the fused space's id.
+    space_id: String,
+    index: RwLock<Option<VectorIndex>>,
+    kind: IndexKind,
+    index_path: PathBuf,
+    /// Held by whoever changes what is indexed, so changes do not interleave.
+    writer: Mutex<()>,
+}
+
+/// A poisoned lock means a thread panicked mid-change; the store's transactions keep the data
+/// whole, so carry on with what is there.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Workspace {
+    /// Opens the workspace in `settings.home` with the configured model(s).
+    pub fn open(settings: &Settings) -> Result<Self> {
+        let kind = settings.index_kind;
+        let space = settings.embedding;
+        let embedder = Embedder::from_settings(settings)?;
+        let fusion = match space {
+            EmbeddingKind::Visual => None,
+            EmbeddingKind::Fused => Some(Fusion::new(
+                crate::text::load_text_embedder(settings)?,
+                settings.fusion_weight,
+            )?),
+        };
+        Self::open_fused(&settings.home, embedder, fusion, kind)
+    }
+
+    /// Opens the workspace in `home` with a loaded embedder, in the visual space.
+    pub fn open_with(home: &Path, embedder: Embedder, kind: IndexKind) -> Result<Self> {
+        Self::open_fused(home, embedder, None, kind)
+    }
+
+    /// Opens the workspace in `home` with a loaded embedder, in the fused space when `fusion`
+    /// is given. Stored images whose text has no embedding under its text model yet get one.
+    pub fn open_fused(
+        home: &Path,
+        embedder: Embedder,
+        fusion: Option<Fusion>,
+        kind: IndexKind,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(home)
+            .with_context(|| format!("creating workspace {}", home.display()))?;
+        let store = Store::open(&home.join("kadr.sqlite"))?;
+        let space_id = match &fusion {
+            Some(f) => f.model_id(embedder.model_id()),
+            None => embedder.model_id().to_string(),
+        };
+        let safe_id: String = space_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let index_path = home.join(format!("index-{safe_id}-{kind:?}.faiss").to_lowercase());
+        let ws = Self {
+            store: Mutex::new(store),
+            embedder: Arc::new(embedder),
+            fusion,
+            space_id,
+            index: RwLock::new(None),
+            kind,
+            index_path,
+            writer: Mutex::new(()),
+        };
+        ws.backfill_texts()?;
+        ws.load_or_rebuild_index()?;
+        Ok(ws)
+    }
+
+    /// Embeds the texts of stored images that have none under the text model (images indexed
+    /// visually, or with another text model), so the fused index covers them.
+    fn backfill_texts(&self) -> Result<()> {
+        let Some(f) = &self.fusion else {
+            return Ok(());
+        };
+        let missing = self
+            .store()
+            .missing_texts(self.embedder.model_id(), f.text.model_id())?;
+        if !missing.is_empty() {
+            tracing::info!("embedding the texts of {} stored images", missing.len());
+        }
+        for chunk in missing.chunks(TEXT_BACKFILL_CHUNK) {
+            self.text_vectors(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// The text embedding of each (content hash, text): from the store, or embedded now (and
+    /// stored, so each is computed once). Needs a fused workspace.
+    fn text_vectors(&self, items: &[(String, String)]) -> Result<Vec<Vec<f32>>> {
+        let f = self.fusion.as_ref().context("not a fused workspace")?;
+        let text_model = f.text.model_id();
+        let mut out = Vec::with_capacity(items.len());
+        let mut missing = Vec::new();
+        {
+            let store = self.store();
+            for (i, (hash, text)) in items.iter().enumerate() {
+                let v = store.text_embedding(hash, text_model, text)?;
+                if v.is_none() {
+                    missing.push(i);
+                }
+                out.push(v.unwrap_or_default());
+            }
+        }
+        if !missing.is_empty() {
+            let texts: Vec<&str> = missing.iter().map(|&i| items[i].1.as_str()).collect();
+            let vectors = f.text.embed(&texts)?;
+            let rows: Vec<(String, String, Vec<f32>)> = missing
+                .iter()
+                .zip(vectors)
+                .map(|(&i, v)| (items[i].0.clone(), items[i].1.clone(), v))
+                .collect();
+            self.store().insert_text_embeddings(text_model, &rows)?;
+            for (&i, (_, _, v)) in missing.iter().zip(rows) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index's vectors for rows just recorded: their embeddings, or fused ones.
+    fn space_vectors(&self, rows: &[NewImage]) -> Result<Vec<f32>> {
+        if self.fusion.is_none() {
+            return Ok(rows
+                .iter()
+                .flat_map(|r| r.embedding.iter().copied())
+                .collect());
+        }
+        let items = rows
+            .iter()
+            .map(|r| Ok((r.hash.clone(), require_text(r.labels.clone())?)))
+            .collect::<Result<Vec<_>>>()?;
+        let texts = self.text_vectors(&items)?;
+        let f = self.fusion.as_ref().context("not a fused workspace")?;
+        Ok(rows
+            .iter()
+            .zip(texts)
+            .flat_map(|(r, t)| f.fuse(&r.embedding, &t))
+            .collect())
+    }
+
+    fn meta_key(&self) -> String {
+        format!(
+            "index:{}",
+            self.index_path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        )
+    }
+
+    /// What the index must contain, as the store sees it.
+    fn fingerprint(&self) -> Result<String> {
+        match &self.fusion {
+            None => self.store().fingerprint(self.embedder.model_id()),
+            Some(f) => self
+                .store()
+                .fingerprint_with_text(self.embedder.model_id(), f.text.model_id()),
+        }
+    }
+
+    /// Uses the saved index if it matches the store exactly; otherwise rebuilds it.
+    fn load_or_rebuild_index(&self) -> Result<()> {
+        let fingerprint = self.fingerprint()?;
+        let saved = self.store().meta(&self.meta_key())?;
+        if self.index_path.is_file() && saved.as_deref() == Some(fingerprint.as_str()) {
+            match VectorIndex::load(&self.index_path, self.kind) {
+                Ok(index) => match self.expected_dim()? {
+                    // An index file of another model or space (copied over, say) is rebuilt.
+                    Some(dim) if dim != index.dim() => tracing::warn!(
+                        "{} holds {}-d vectors, the model gives {dim}-d: rebuilding it",
+                        self.index_path.display(),
+                        index.dim()
+                    ),
+                    _ => {
+                        *self.index.write().unwrap_or_else(|p| p.into_inner()) = Some(index);
+                        return Ok(());
+                    }
+                },
+                Err(e) => tracing::warn!(
+                    "{} is unreadable, rebuilding it from the store: {e:#}",
+                    self.index_path.display()
+                ),
+            }
+        }
+        self.rebuild_index()
+    }
+
+    /// The dimension of this space's vectors, from what the store holds.
+    fn expected_dim(&self) -> Result<Option<usize>> {
+        let visual = self.store().vector_dim(self.embedder.model_id())?;
+        Ok(match &self.fusion {
+            None => visual,
+            Some(f) => visual.map(|v| v + f.text.dim()),
+        })
+    }
+
+    /// Rebuilds the index from the store's vectors and saves it.
+    pub fn rebuild_index(&self) -> Result<()> {
+        let _writer = lock(&self.writer);
+        self.rebuild_index_locked()
+    }
+
+    /// [`Self::rebuild_index`] for a caller that holds the writer's lock.
+    fn rebuild_index_locked(&self) -> Result<()> {
+        let (ids, data) = match &self.fusion {
+            None => self.store().all_vectors(self.embedder.model_id())?,
+            Some(f) => {
+                let (mut ids, mut data) = (Vec::new(), Vec::new());
+                for (id, v, t) in self
+                    .store()
+                    .all_vector_pairs(self.embedder.model_id(), f.text.model_id())?
+                {
+                    ids.push(id);
+                    data.extend(f.fuse(&v, &t));
+                }
+                (ids, data)
+            }
+        };
+        let index = if ids.is_empty() {
+            None
+        } else {
+            Some(VectorIndex::build(
+                self.kind,
+                data.len() / ids.len(),
+                &ids,
+                &data,
+            )?)
+        };
+        *self.index_mut() = index;
+        self.checkpoint()
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Option<VectorIndex>> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index_ref(&self) -> std::sync::RwLockReadGuard<'_, Option<VectorIndex>> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves the index atomically, then records which store state it reflects.
+    /// Searches go on meanwhile: the file is written under the index's read lock.
+    pub fn checkpoint(&self) -> Result<()> {
+        let fingerprint = self.fingerprint()?;
+        match &*self.index_ref() {
+            Some(index) => index.save(&self.index_path)?,
+            None => {
+                let _ = std::fs::remove_file(&self.index_path);
+            }
+        }
+        self.store().set_meta(&self.meta_key(), &fingerprint)
+    }
+
+    /// The embedder in use.
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+
+    /// The embedder, to share with a [`crate::batcher::Batcher`].
+    pub fn shared_embedder(&self) -> Arc<Embedder> {
+        self.embedder.clone()
+    }
+
+    /// The text embedder and weight of a fused workspace.
+    pub fn fusion(&self) -> Option<&Fusion> {
+        self.fusion.as_ref()
+    }
+
+    /// What the index holds: the visual model id, or the fused space's id (both model ids and
+    /// the weight).
+    pub fn space_id(&self) -> &str {
+        &self.space_id
+    }
+
+    /// Stored images whose paths start with `prefix`, with their vectors in this space.
+    pub fn vectors_under(&self, prefix: &str) -> Result<Vec<(ImageRow, Vec<f32>)>> {
+        match &self.fusion {
+            None => self.store().rows_under(self.embedder.model_id(), prefix),
+            Some(f) => Ok(self
+                .vector_pairs_under(prefix)?
+                .into_iter()
+                .map(|(row, v, t)| (row, f.fuse(&v, &t)))
+                .collect()),
+        }
+    }
+
+    /// Stored images whose paths start with `prefix`, with their visual and text embeddings
+    /// (a fused workspace; images without a text are left out).
+    pub fn vector_pairs_under(&self, prefix: &str) -> Result<Vec<WithText<ImageRow>>> {
+        let f = self.fusion.as_ref().context("not a fused workspace")?;
+        self.store()
+            .rows_under_with_text(self.embedder.model_id(), f.text.model_id(), prefix)
+    }
+
+    /// The metadata store, locked for the caller's statements: hold it briefly.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    /// Number of indexed vectors.
+    pub fn len(&self) -> usize {
+        self.index_ref().as_ref().map_or(0, VectorIndex::len)
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Indexes `files`, a batch at a time; `progress(done)` is called after each batch.
+    /// Unreadable files are reported, not fatal.
+    pub fn index_files(
+        &self,
+        files: &[LabeledFile],
+        batch: usize,
+        progress: &dyn Fn(usize),
+    ) -> Result<IndexReport> {
+        let _writer = lock(&self.writer);
+        let mut report = IndexReport::default();
+        let model = self.embedder.model_id().to_string();
+        let spec = self.embedder.preprocess_spec();
+        let mut done = 0;
+        for (n, chunk) in files.chunks(batch.max(1)).enumerate() {
+            // Read and hash in parallel; the store (one SQLite connection) is asked serially.
+            let read: Vec<(String, std::io::Result<Vec<u8>>)> = chunk
+                .par_iter()
+                .map(|f| {
+                    (
+                        f.path.to_string_lossy().into_owned(),
+                        std::fs::read(&f.path),
+                    )
+                })
+                .collect();
+            let mut rows = Vec::new();
+            let mut to_decode = Vec::new();
+            let store = self.store();
+            for (file, (path, bytes)) in chunk.iter().zip(read) {
+                let bytes = match bytes {
+                    Ok(b) => b,
+                    Err(e) => {
+                        report.failed.push((path, e.to_string()));
+                        continue;
+                    }
+                };
+                let hash = blake3::hash(&bytes).to_hex().to_string();
+                // A fused space also needs the labels, which rows stored before them lack.
+                if matches!(store.hash_of_path(&model, &path)?, Some((_, h)) if h == hash)
+                    && (self.fusion.is_none() || store.has_labels(&model, &path)?)
+                {
+                    report.skipped += 1;
+                    continue;
+                }
+                let mut row = NewImage {
+                    path,
+                    hash,
+                    split: file.split.clone(),
+                    category: file.category.clone(),
+                    width: 0,
+                    height: 0,
+                    embedding: Vec::new(),
+                    labels: None,
+                };
+                match store.embedding_by_hash(&model, &row.hash)? {
+                    Some((v, labels)) if self.fusion.is_none() || labels.is_some() => {
+                        (row.embedding, row.labels) = (v, labels);
+                        report.reused += 1;
+                        rows.push(row);
+                    }
+                    _ => to_decode.push((row, bytes)),
+                }
+            }
+            drop(store);
+            // Decode and preprocess in parallel on all cores.
+            let decoded: Vec<(NewImage, Result<Vec<f32>, String>)> = to_decode
+                .into_par_iter()
+                .map(|(mut row, bytes)| match decode(&bytes) {
+                    Ok(img) => {
+                        (row.width, row.height) = img.dimensions();
+                        (row, Ok(crate::preprocess::preprocess(&img, &spec)))
+                    }
+                    Err(e) => (row, Err(e.to_string())),
+                })
+                .collect();
+            let mut pixels = Vec::new();
+            let mut fresh = Vec::new();
+            for (row, data) in decoded {
+                match data {
+                    Ok(d) => {
+                        pixels.extend(d);
+                        fresh.push(row);
+                    }
+                    Err(why) => report.failed.push((row.path, why)),
+                }
+            }
+            if !fresh.is_empty() {
+                let out = self.embedder.embed_preprocessed_labelled(
+                    &pixels,
+                    fresh.len(),
+                    IMAGE_TEXT_LABELS,
+                )?;
+                for (row, (v, labels)) in fresh.iter_mut().zip(out) {
+                    row.embedding = v;
+                    row.labels = image_text(&labels);
+                }
+                report.embedded += fresh.len();
+                rows.extend(fresh);
+            }
+            self.add_rows(&rows)?;
+            done += chunk.len();
+            progress(done);
+            if (n + 1) % CHECKPOINT_EVERY == 0 {
+                self.checkpoint()?;
+            }
+        }
+        self.checkpoint()?;
+        Ok(report)
+    }
+
+    /// Records rows in the store (one transaction) and mirrors them into the index. The
+    /// caller holds the writer's lock.
+    fn add_rows(&self, rows: &[NewImage]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let data = self.space_vectors(rows)?;
+        let (ids, replaced) = self.store().insert_batch(self.embedder.model_id(), rows)?;
+        let mut index = self.index_mut();
+        match &mut *index {
+            Some(index) if replaced.is_empty() || self.kind.supports_remove() => {
+                if !replaced.is_empty() {
+                    index.remove(&replaced)?;
+                }
+                index.add(&ids, &data)?;
+            }
+            Some(_) => {
+                drop(index);
+                self.rebuild_index_locked()?
+            }
+            None => {
+                *index = Some(VectorIndex::build(
+                    self.kind,
+                    data.len() / ids.len(),
+                    &ids,
+                    &data,
+                )?)
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes images by path; returns how many were indexed.
+    pub fn remove_paths(&self, paths: &[String]) -> Result<usize> {
+        let _writer = lock(&self.writer);
+        let model = self.embedder.model_id().to_string();
+        let n = {
+            let mut store = self.store();
+            let mut ids = Vec::new();
+            for p in paths {
+                if let Some((id, _)) = store.hash_of_path(&model, p)? {
+                    ids.push(id);
+                }
+            }
+            let n = store.remove(&ids)?;
+            drop(store);
+            let mut index = self.index_mut();
+            match &mut *index {
+                Some(index) if self.kind.supports_remove() => {
+                    index.remove(&ids)?;
+                }
+                _ => {
+                    drop(index);
+                    self.rebuild_index_locked()?
+                }
+            }
+            n
+        };
+        self.checkpoint()?;
+        Ok(n)
+    }
+
+    /// Embeds image bytes (any supported format) into this workspace's space.
+    pub fn embed_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
+        let img = decode(bytes)?;
+        let data = crate::preprocess::preprocess(&img, &self.embedder.preprocess_spec());
+        let labels = if self.fusion.is_some() {
+            IMAGE_TEXT_LABELS
+        } else {
+            0
+        };
+        let (v, labels) = self
+            .embedder
+            .embed_preprocessed_labelled(&data, 1, labels)?
+            .remove(0);
+        let Some(f) = &self.fusion else {
+            return Ok(v);
+        };
+        let t = f
+            .text
+            .embed(&[require_text(image_text(&labels))?])?
+            .remove(0);
+        Ok(f.fuse(&v, &t))
+    }
+
+    /// The `k` most similar indexed images to an embedding.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Neighbour>> {
+        let hits: Vec<Hit> = match &*self.index_ref() {
+            None => return Ok(Vec::new()),
+            Some(index) => index
+                .search(query, k)?
+                .into_iter()
+                .next()
+                .unwrap_or_default(),
+        };
+        let ids: Vec<i64> = hits.iter().map(|h| h.id).collect();
+        let rows = self.store().rows(&ids)?;
+        Ok(hits
+            .into_iter()
+            .filter_map(|h| {
+                rows.get(&h.id).map(|r: &ImageRow| Neighbour {
+                    id: h.id,
+                    path: r.path.clone(),
+                    hash: r.hash.clone(),
+                    split: r.split.clone(),
+                    category: r.category.clone(),
+                    score: h.score,
+                })
+            })
+            .collect())
+    }
+}
+
+/// An image's text, which a fused space cannot do without.
+fn require_text(text: Option<String>) -> Result<String> {
+    text.context(
+        "EMBEDDING=fused needs each image's text, the labels of an ImageNet-1k classifier: \
+         use a backbone with one (the default tf_efficientnet_lite0 has), or EMBEDDING=visual",
+    )
+}

@@ -1,0 +1,183 @@
+//! The workspace end to end with a real (tiny) ConvNeXt, real FAISS and real SQLite:
+//! incremental indexing, reopening, replacing, removing, and recovery from a stale index;
+//! and the fused space with the real EfficientNet-Lite0 and all-MiniLM-L6-v2.
+
+use kadr_testkit as common;
+
+use candle_core::Device;
+use kadr_engine::dataset::scan;
+use kadr_engine::embed::Embedder;
+use kadr_engine::fusion::Fusion;
+use kadr_engine::index::IndexKind;
+use kadr_engine::text::TextEmbedder;
+use kadr_engine::workspace::Workspace;
+use std::path::Path;
+
+fn open(home: &Path, weights: &Path, kind: IndexKind) -> Workspace {
+    let e = Embedder::load("convnext_test", weights, Device::Cpu, 4).unwrap();
+    Workspace::open_with(home, e, kind).unwrap()
+}
+
+#[test]
+fn index_search_reopen_and_recover() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["red", "green", "blue"], 4);
+    std::fs::write(data.join("red/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let home = tmp.path().join("home");
+    let files = scan(&data).unwrap();
+    assert_eq!(files.len(), 13);
+
+    let ws = open(&home, &weights, IndexKind::Flat);
+    let r = ws.index_files(&files, 5, &|_| {}).unwrap();
+    assert_eq!(
+        (r.embedded, r.reused, r.skipped, r.failed.len()),
+        (12, 0, 0, 1)
+    );
+    assert!(r.failed[0].0.ends_with("broken.png"));
+    assert_eq!(ws.len(), 12);
+
+    let q_path = data.join("green/2.png");
+    let q = ws.embed_bytes(&std::fs::read(&q_path).unwrap()).unwrap();
+    let hits = ws.search(&q, 5).unwrap();
+    assert!(hits[0].path.ends_with("green/2.png"));
+    assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
+    assert_eq!(hits[0].category, "green");
+    drop(ws);
+
+    // Reopening gives identical results, and nothing is embedded twice.
+    let ws = open(&home, &weights, IndexKind::Flat);
+    assert_eq!(ws.search(&q, 5).unwrap(), hits);
+    let r = ws.index_files(&files, 5, &|_| {}).unwrap();
+    assert_eq!((r.embedded, r.skipped), (0, 12));
+
+    // Same content at a new path reuses the embedding; a changed file replaces its row.
+    std::fs::copy(&q_path, data.join("green/copy.png")).unwrap();
+    common::synthetic_png(&data.join("red/0.png"), 2, 9);
+    let r = ws.index_files(&scan(&data).unwrap(), 5, &|_| {}).unwrap();
+    assert_eq!((r.embedded, r.reused, r.skipped), (1, 1, 11));
+    assert_eq!(ws.len(), 13);
+    assert_eq!(
+        ws.remove_paths(&[data
+            .join("green/copy.png")
+            .canonicalize()
+            .unwrap()
+            .to_string_lossy()
+            .into()])
+            .unwrap(),
+        1
+    );
+    assert_eq!(ws.len(), 12);
+    let after = ws.search(&q, 5).unwrap();
+    drop(ws);
+
+    // A damaged index file is rebuilt from the store with the same results.
+    for f in std::fs::read_dir(&home).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "faiss") {
+            std::fs::write(&p, b"garbage").unwrap();
+        }
+    }
+    let ws = open(&home, &weights, IndexKind::Flat);
+    assert_eq!(ws.len(), 12);
+    assert_eq!(ws.search(&q, 5).unwrap(), after);
+
+    // An approximate index over the same store finds the exact match too.
+    let hnsw = open(&home, &weights, IndexKind::Hnsw);
+    assert_eq!(hnsw.len(), 12);
+    assert_eq!(hnsw.search(&q, 1).unwrap()[0].path, after[0].path);
+}
+
+fn effnet() -> Embedder {
+    Embedder::load(
+        "tf_efficientnet_lite0",
+        &common::effnet_weights(),
+        Device::Cpu,
+        4,
+    )
+    .unwrap()
+}
+
+fn fusion(weight: f32) -> Fusion {
+    let text =
+        TextEmbedder::load(&common::minilm_dir(), "all-minilm-l6-v2", Device::Cpu, 8).unwrap();
+    Fusion::new(text, weight).unwrap()
+}
+
+#[test]
+fn fused_space_backfills_indexes_and_searches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["red", "green", "blue"], 3);
+    let files = scan(&data).unwrap();
+    let home = tmp.path().join("home");
+
+    // Indexed visually first: the labels are stored, their text embeddings are not.
+    let ws = Workspace::open_with(&home, effnet(), IndexKind::Flat).unwrap();
+    assert_eq!(ws.index_files(&files, 4, &|_| {}).unwrap().embedded, 9);
+    let visual_id = ws.space_id().to_string();
+    drop(ws);
+
+    // Opening the fused space embeds those texts, so nothing needs indexing again.
+    let ws =
+        Workspace::open_fused(&home, effnet(), Some(fusion(0.8)), IndexKind::Flat).unwrap();
+    assert_eq!(ws.len(), 9);
+    assert!(
+        ws.space_id()
+            .starts_with(&format!("fused({visual_id}+all-minilm-l6-v2@")),
+        "{}",
+        ws.space_id()
+    );
+    assert!(ws.space_id().ends_with(",w=0.80)"));
+    let r = ws.index_files(&files, 4, &|_| {}).unwrap();
+    assert_eq!((r.embedded, r.reused, r.skipped), (0, 0, 9));
+
+    // A query is fused the same way as the stored images: an indexed image finds itself.
+    let q_path = data.join("green/1.png");
+    let q = ws.embed_bytes(&std::fs::read(&q_path).unwrap()).unwrap();
+    assert_eq!(q.len(), 1280 + 384);
+    let hits = ws.search(&q, 3).unwrap();
+    assert!(hits[0].path.ends_with("green/1.png"), "{hits:?}");
+    assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
+    let stored = ws.vectors_under("/").unwrap();
+    assert_eq!(stored.len(), 9);
+    let (_, v) = stored
+        .iter()
+        .find(|(r, _)| r.path.ends_with("green/1.png"))
+        .unwrap();
+    let cos: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
+    assert!((cos - 1.0).abs() < 1e-4, "{cos}");
+
+    // Another weight is another space, built from the stored vectors without embedding.
+    let other =
+        Workspace::open_fused(&home, effnet(), Some(fusion(0.5)), IndexKind::Flat).unwrap();
+    assert_ne!(other.space_id(), ws.space_id());
+    assert_eq!(other.len(), 9);
+    assert_eq!(other.index_files(&files, 4, &|_| {}).unwrap().skipped, 9);
+}
+
+#[test]
+fn fused_space_needs_image_text() {
+    // The tiny ConvNeXt's classifier has 10 classes, not ImageNet's: its images have no text.
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    let e = Embedder::load("convnext_test", &weights, Device::Cpu, 4).unwrap();
+    let ws = Workspace::open_fused(
+        &tmp.path().join("home"),
+        e,
+        Some(fusion(0.8)),
+        IndexKind::Flat,
+    )
+    .unwrap();
+    let err = ws
+        .index_files(&scan(&data).unwrap(), 4, &|_| {})
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("EMBEDDING=fused needs"),
+        "{err:#}"
+    );
+    assert!(ws.is_empty());
+}

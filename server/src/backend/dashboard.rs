@@ -1,0 +1,154 @@
+//! The dashboard: figures over everything analysed (voted categories, confidence, time per
+//! stage, throughput, refusals) and the view of the last evaluation (per category, confusion,
+//! worst queries, a PCA map of the embeddings).
+
+use super::{internal, lock, ms, now, EngineBackend};
+use app::errors::ApiError;
+use app::types::*;
+use kadr_engine::eval::Report;
+use kadr_engine::vote::VoteConfig;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// Points on the dashboard's embedding map at most.
+const MAP_POINTS: usize = 3000;
+
+impl EngineBackend {
+    pub(super) fn dashboard_stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError> {
+        self.check_categories(cfg)?;
+        let records = lock(&self.inner.history)?
+            .all(self.model())
+            .map_err(internal)?;
+        let mut categories: HashMap<String, u64> = HashMap::new();
+        let mut histogram = vec![0u64; 10];
+        let mut sums = StageTimings::default();
+        let mut per_minute: std::collections::BTreeMap<i64, u64> = Default::default();
+        let n = records.len();
+        for r in records {
+            *per_minute.entry(r.created_at / 60).or_default() += 1;
+            sums.decode_ms += r.timings.decode_ms;
+            sums.embed_ms += r.timings.embed_ms;
+            sums.text_ms += r.timings.text_ms;
+            let t = Instant::now();
+            let analysis = self.to_analysis(r, None)?;
+            sums.search_ms += ms(t);
+            let vote = analysis.rank(cfg).vote;
+            *categories
+                .entry(vote.category.unwrap_or_else(|| "(none)".into()))
+                .or_default() += 1;
+            histogram[((vote.confidence * 10.0) as usize).min(9)] += 1;
+        }
+        let mean = |v: f32| if n > 0 { v / n as f32 } else { 0.0 };
+        let mut categories: Vec<Count> = categories
+            .into_iter()
+            .map(|(label, count)| Count { label, count })
+            .collect();
+        categories.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
+        let eval = std::fs::read(self.inner.home.join("eval.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<EvalView>(&b).ok())
+            .filter(|e| e.model == self.model());
+        Ok(Stats {
+            analyses: n as u64,
+            categories,
+            confidence_histogram: histogram,
+            mean_timings: StageTimings {
+                decode_ms: mean(sums.decode_ms),
+                embed_ms: mean(sums.embed_ms),
+                search_ms: mean(sums.search_ms),
+                text_ms: mean(sums.text_ms),
+            },
+            throughput: per_minute
+                .into_iter()
+                .map(|(minute, count)| Count {
+                    label: format!("{:02}:{:02}", (minute / 60) % 24, minute % 60),
+                    count,
+                })
+                .collect(),
+            errors: lock(&self.inner.history)?
+                .refusals()
+                .map_err(internal)?
+                .into_iter()
+                .map(|(label, count)| Count { label, count })
+                .collect(),
+            eval,
+        })
+    }
+
+    /// The dashboard's view of an evaluation report of `folder`.
+    pub(super) fn eval_view(&self, folder: &Path, report: &Report) -> anyhow::Result<EvalView> {
+        let prefix = format!("{}{}", folder.to_string_lossy(), std::path::MAIN_SEPARATOR);
+        let rows = self.inner.ws.vectors_under(&prefix)?;
+        let by_path: HashMap<String, (String, Vec<f32>)> = rows
+            .into_iter()
+            .map(|(r, v)| {
+                let rel = Path::new(&r.path)
+                    .strip_prefix(folder)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or(r.path);
+                (rel, (r.hash, v))
+            })
+            .collect();
+        let hash_of = |p: &str| by_path.get(p).map(|h| h.0.clone()).unwrap_or_default();
+        // The map: every evaluated query, at most MAP_POINTS of them, evenly spread.
+        let step = report.results.len().div_ceil(MAP_POINTS).max(1);
+        let sample: Vec<_> = report
+            .results
+            .iter()
+            .step_by(step)
+            .filter_map(|q| by_path.get(&q.path).map(|(_, v)| (q, v)))
+            .collect();
+        let vectors: Vec<&[f32]> = sample.iter().map(|(_, v)| v.as_slice()).collect();
+        let xy = kadr_engine::eval::pca2(&vectors);
+        Ok(EvalView {
+            folder: folder.to_string_lossy().into_owned(),
+            mode: report.mode.clone(),
+            model: self.model().to_string(),
+            images: report.images as u64,
+            map_at_10: report.map_at_10,
+            vote_accuracy: report.vote_accuracy,
+            per_category: report
+                .per_category
+                .iter()
+                .map(|c| CategoryScore {
+                    category: c.category.clone(),
+                    images: c.images as u64,
+                    map_at_10: c.map_at_k,
+                    precision: c.precision,
+                    recall: c.recall,
+                })
+                .collect(),
+            confusion_labels: report.confusion.labels.clone(),
+            confusion: report
+                .confusion
+                .matrix
+                .iter()
+                .map(|r| r.iter().map(|&n| n as u64).collect())
+                .collect(),
+            worst: report
+                .worst
+                .iter()
+                .map(|q| WorstQuery {
+                    hash: hash_of(&q.path),
+                    path: q.path.clone(),
+                    category: q.category.clone(),
+                    predicted: q.predicted.clone(),
+                    ap: q.ap,
+                })
+                .collect(),
+            map: sample
+                .iter()
+                .zip(xy)
+                .map(|((q, _), (x, y))| MapPoint {
+                    x,
+                    y,
+                    category: q.category.clone(),
+                    path: q.path.clone(),
+                    correct: q.predicted.as_deref() == Some(q.category.as_str()),
+                })
+                .collect(),
+            created_at: now(),
+        })
+    }
+}

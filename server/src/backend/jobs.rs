@@ -1,0 +1,144 @@
+//! The background jobs the dataset page starts: index a folder, re-index all, evaluate. One
+//! runs at a time, on its own thread; the index stays searchable and uploads are served while
+//! it adds to the index (see `kadr_engine::workspace`).
+
+use super::{lock, EngineBackend};
+use app::errors::ApiError;
+use app::types::*;
+use kadr_engine::jobs::{eval_folder, EvalMode};
+use kadr_engine::vote::VoteConfig;
+use std::path::PathBuf;
+
+impl EngineBackend {
+    pub(super) fn start(&self, request: JobRequest) -> Result<JobStatus, ApiError> {
+        let (title, request) = match request {
+            JobRequest::AddFolder { folder } => {
+                let path = self.allowed_folder(&folder)?;
+                {
+                    let mut folders = lock(&self.inner.folders)?;
+                    if !folders.contains(&path) {
+                        folders.push(path.clone());
+                    }
+                }
+                (
+                    format!("Index {}", path.display()),
+                    JobRequest::AddFolder {
+                        folder: path.to_string_lossy().into_owned(),
+                    },
+                )
+            }
+            JobRequest::Reindex => ("Re-index all folders".to_string(), JobRequest::Reindex),
+            JobRequest::Evaluate => ("Evaluate".to_string(), JobRequest::Evaluate),
+        };
+        let job = {
+            let mut jobs = lock(&self.inner.jobs)?;
+            if jobs.iter().any(|j| j.state == JobState::Running) {
+                return Err(ApiError::new(
+                    409,
+                    "a job is running: wait for it to finish",
+                ));
+            }
+            let job = JobStatus {
+                id: jobs.len() as u64 + 1,
+                title,
+                state: JobState::Running,
+                done: 0,
+                total: 0,
+                message: String::new(),
+            };
+            jobs.push(job.clone());
+            job
+        };
+        let me = self.clone();
+        let id = job.id;
+        std::thread::spawn(move || {
+            let outcome = me.run_job(id, request);
+            if let Ok(mut jobs) = me.inner.jobs.lock() {
+                if let Some(j) = jobs.iter_mut().find(|j| j.id == id) {
+                    match outcome {
+                        Ok(message) => {
+                            j.state = JobState::Done;
+                            j.done = j.total;
+                            j.message = message;
+                        }
+                        Err(e) => {
+                            tracing::error!("job {id} failed: {e:#}");
+                            j.state = JobState::Failed;
+                            j.message = format!("{e:#}");
+                        }
+                    }
+                }
+            }
+        });
+        Ok(job)
+    }
+
+    fn run_job(&self, id: u64, request: JobRequest) -> anyhow::Result<String> {
+        let set = |done: usize, total: usize| {
+            if let Ok(mut jobs) = self.inner.jobs.lock() {
+                if let Some(j) = jobs.iter_mut().find(|j| j.id == id) {
+                    j.done = done as u64;
+                    j.total = total as u64;
+                }
+            }
+        };
+        let folders = match &request {
+            JobRequest::AddFolder { folder } => vec![PathBuf::from(folder)],
+            _ => self
+                .inner
+                .folders
+                .lock()
+                .map(|f| f.clone())
+                .unwrap_or_default(),
+        };
+        match request {
+            JobRequest::AddFolder { .. } | JobRequest::Reindex => {
+                let mut files = Vec::new();
+                for f in &folders {
+                    files.extend(kadr_engine::dataset::scan(f)?);
+                }
+                let total = files.len();
+                set(0, total);
+                // One indexing run over everything: the workspace is shared, so nothing
+                // waits for it, and the index file is written at its checkpoints only.
+                let r = self
+                    .inner
+                    .ws
+                    .index_files(&files, self.inner.index_batch, &|done| set(done, total))?;
+                metrics::counter!("kadr_images_embedded_total", "source" => "index")
+                    .increment(r.embedded as u64);
+                Ok(format!(
+                    "{total} images in {} folder(s): {} newly indexed, {} unreadable",
+                    folders.len(),
+                    r.embedded + r.reused,
+                    r.failed.len()
+                ))
+            }
+            JobRequest::Evaluate => {
+                let folder = folders
+                    .first()
+                    .ok_or_else(|| anyhow::anyhow!("no dataset folder to evaluate: add one first"))?
+                    .clone();
+                let cfg = VoteConfig::default();
+                let (report, _) = eval_folder(
+                    &self.inner.ws,
+                    &folder,
+                    EvalMode::Auto,
+                    &cfg,
+                    self.inner.index_batch,
+                    &set,
+                )?;
+                let view = self.eval_view(&folder, &report)?;
+                let text = serde_json::to_vec(&view)?;
+                let path = self.inner.home.join("eval.json");
+                let mut tmp = tempfile::NamedTempFile::new_in(&self.inner.home)?;
+                std::io::Write::write_all(&mut tmp, &text)?;
+                tmp.persist(&path)?;
+                Ok(format!(
+                    "MAP@10 {:.4}, vote accuracy {:.4} over {} images ({})",
+                    report.map_at_10, report.vote_accuracy, report.images, report.mode
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The engine as the web app sees it: [`app::backend::Backend`] implemented over a shared
+//! [`Workspace`] (searched by many requests at once while an index job adds to it), the
+//! [`Batcher`] that gathers concurrent uploads into one forward pass, a [`History`] of what
+//! was analysed, and the dataset folders. Server functions and the REST handlers in
+//! [`crate::api`] reach the engine only through this. Split by job:
+//! [`uploads`] (the upload pipeline and upload storage), [`jobs`] (the background job runner),
+//! [`folders`] (which folders may be served), [`dashboard`] (statistics and the evaluation
+//! view).
+
+mod dashboard;
+mod folders;
+mod jobs;
+mod uploads;
+
+use crate::history::History;
+use anyhow::Context;
+use app::analyse::FileOutcome;
+use app::errors::ApiError;
+use app::types::*;
+use kadr_engine::batcher::{BatchConfig, Batcher};
+use kadr_engine::settings::Settings;
+use kadr_engine::vote::VoteConfig;
+use kadr_engine::workspace::Workspace;
+use kadr_models::vlm::processor::Qwen2Vl;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// The web app's engine; cheap to clone.
+#[derive(Clone)]
+pub struct EngineBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Shared, never locked as a whole: see [`Workspace`].
+    ws: Arc<Workspace>,
+    /// Gathers the uploads' images into forward passes.
+    batcher: Batcher,
+    /// The optional vision-language model (captions, zero-shot labels).
+    vlm: Option<Mutex<Qwen2Vl>>,
+    caption_tokens: usize,
+    /// Id of the visual model: the key of indexed images in the store.
+    visual_model: String,
+    history: Mutex<History>,
+    defaults: UiDefaults,
+    home: PathBuf,
+    device: String,
+    index_batch: usize,
+    /// Where `AddFolder` may look (empty: only the folders given at start).
+    data_roots: Vec<PathBuf>,
+    folders: Mutex<Vec<PathBuf>>,
+    jobs: Mutex<Vec<JobStatus>>,
+    started: Instant,
+    /// Bounds the uploads being embedded and waiting.
+    queue: crate::queue::WorkQueue,
+    /// Largest image decoded, in pixels.
+    max_pixels: u64,
+    /// Uploads decoding at once.
+    decode_gate: Gate,
+}
+
+/// At most `n` holders at once; the others wait their turn.
+struct Gate {
+    give: crossbeam_channel::Sender<()>,
+    take: crossbeam_channel::Receiver<()>,
+}
+
+/// A turn at the gate, given back when dropped.
+struct Turn<'a>(&'a Gate);
+
+impl Gate {
+    fn new(n: usize) -> Self {
+        let (give, take) = crossbeam_channel::bounded(n.max(1));
+        for _ in 0..n.max(1) {
+            give.send(()).expect("the gate has room for its tokens");
+        }
+        Self { give, take }
+    }
+
+    fn enter(&self) -> Turn<'_> {
+        // Both ends live in `self`, so the channel cannot close under us.
+        let _ = self.take.recv();
+        Turn(self)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.give.send(());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, ApiError> {
+    m.lock()
+        .map_err(|_| ApiError::internal("the engine is unavailable after an earlier failure"))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!("{e:#}");
+    ApiError::internal(format!("{e:#}"))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn ms(t: Instant) -> f32 {
+    t.elapsed().as_secs_f32() * 1000.0
+}
+
+impl EngineBackend {
+    /// Wraps an open workspace serving `folders` (already indexed by the caller), with the
+    /// VLM when one is configured.
+    pub fn new(ws: Workspace, settings: &Settings, folders: Vec<PathBuf>) -> anyhow::Result<Self> {
+        let vlm = match settings.vlm() {
+            Some((repo, local)) => {
+                let device = kadr_engine::embed::parse_device(&settings.device)?;
+                Some(kadr_models::vlm::load(&repo, local.as_deref(), &device)?)
+            }
+            None => None,
+        };
+        Self::with_vlm(ws, settings, folders, vlm)
+    }
+
+    /// Like [`Self::new`], with an already loaded VLM (or none).
+    pub fn with_vlm(
+        ws: Workspace,
+        settings: &Settings,
+        folders: Vec<PathBuf>,
+        vlm: Option<Qwen2Vl>,
+    ) -> anyhow::Result<Self> {
+        let history = History::open(&settings.home.join("history.sqlite"))?;
+        // Analyses are kept per vector space (the visual model, or the fused space).
+        let model = ws.space_id().to_string();
+        let visual_model = ws.embedder().model_id().to_string();
+        let folders = folders
+            .into_iter()
+            .map(|f| {
+                f.canonicalize()
+                    .with_context(|| format!("resolving {}", f.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let data_roots = settings
+            .data_roots
+            .iter()
+            .filter_map(|r| r.canonicalize().ok())
+            .collect();
+        let batching = BatchConfig::from_settings(settings);
+        let batcher = Batcher::new(ws.shared_embedder(), batching);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ws: Arc::new(ws),
+                batcher,
+                caption_tokens: settings.caption_tokens,
+                visual_model,
+                history: Mutex::new(history),
+                defaults: UiDefaults {
+                    tuning: Tuning {
+                        threshold: settings.threshold,
+                        ..Tuning::default()
+                    },
+                    batch_size: settings.upload_batch,
+                    upload_max_side: settings.upload_max_side,
+                    max_upload_bytes: settings.max_upload_bytes,
+                    vlm: vlm.is_some(),
+                    model,
+                },
+                home: settings.home.clone(),
+                device: settings.device.clone(),
+                index_batch: settings.max_batch_size,
+                data_roots,
+                folders: Mutex::new(folders),
+                jobs: Mutex::new(Vec::new()),
+                started: Instant::now(),
+                // As many uploads in progress as the batcher can put into its passes.
+                queue: crate::queue::WorkQueue::new(
+                    batching.in_flight(),
+                    settings.queue_depth,
+                    std::time::Duration::from_secs(settings.queue_timeout_s),
+                ),
+                max_pixels: settings.max_pixels,
+                // One decode per core: more would only share the cores and hold more images.
+                decode_gate: Gate::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+                ),
+                vlm: vlm.map(Mutex::new),
+            }),
+        })
+    }
+
+    fn model(&self) -> &str {
+        &self.inner.defaults.model
+    }
+
+    /// A place in the embedding queue, for other work that decodes images (thumbnails).
+    pub async fn admit(&self) -> Result<app::backend::QueueSlot, ApiError> {
+        self.inner.queue.admit().await
+    }
+
+    /// Vectors in the index now (never waits for embedding).
+    pub fn index_len_now(&self) -> Option<u64> {
+        Some(self.inner.ws.len() as u64)
+    }
+
+    /// Mean images per forward pass of the upload batcher so far.
+    pub fn mean_batch_size(&self) -> f64 {
+        self.inner.batcher.mean_batch_size()
+    }
+
+    /// `/status`.
+    pub fn status(&self) -> Result<ServerStatus, ApiError> {
+        Ok(ServerStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            model: self.model().to_string(),
+            device: self.inner.device.clone(),
+            index_size: self.inner.ws.len() as u64,
+            uptime_s: self.inner.started.elapsed().as_secs(),
+            vlm: self.inner.defaults.vlm,
+        })
+    }
+}
+
+impl app::backend::Backend for EngineBackend {
+    fn defaults(&self) -> UiDefaults {
+        self.inner.defaults.clone()
+    }
+
+    fn summary(&self) -> Result<IndexSummary, ApiError> {
+        self.index_summary()
+    }
+
+    fn analyse_files(&self, files: Vec<(String, Result<Vec<u8>, ApiError>)>) -> Vec<FileOutcome> {
+        self.analyse_upload(files)
+    }
+
+    fn admit(
+        &self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<app::backend::QueueSlot, ApiError>> + Send + '_,
+        >,
+    > {
+        Box::pin(self.inner.queue.admit())
+    }
+
+    fn analysis(&self, hash: &str) -> Result<Analysis, ApiError> {
+        self.analysis_of(hash)
+    }
+
+    fn cached_analysis(&self, hash: &str) -> Result<Option<Analysis>, ApiError> {
+        self.stored_analysis(hash)
+    }
+
+    fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError> {
+        self.dashboard_stats(cfg)
+    }
+
+    fn start_job(&self, request: JobRequest) -> Result<JobStatus, ApiError> {
+        self.start(request)
+    }
+
+    fn job(&self, id: u64) -> Result<JobStatus, ApiError> {
+        lock(&self.inner.jobs)?
+            .iter()
+            .find(|j| j.id == id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+    }
+
+    fn jobs(&self) -> Vec<JobStatus> {
+        let mut jobs = self
+            .inner
+            .jobs
+            .lock()
+            .map(|j| j.clone())
+            .unwrap_or_default();
+        jobs.reverse();
+        jobs
+    }
+}

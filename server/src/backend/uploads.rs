@@ -1,0 +1,363 @@
+//! The upload pipeline: content hash → cached analysis, or decode → preprocess (on the
+//! request's threads) → the batcher's shared forward pass → text (VLM or ImageNet labels) →
+//! search; and the upload storage (bytes kept by content hash for the permanent page).
+
+use super::{internal, lock, ms, now, EngineBackend};
+use crate::history::Record;
+use app::analyse::FileOutcome;
+use app::errors::ApiError;
+use app::types::*;
+use kadr_engine::decode::decode_limited;
+use kadr_engine::embed::imagenet_class;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// ImageNet labels shown as the text analysis when no VLM is configured.
+const TEXT_LABELS: usize = 5;
+
+/// The general kind of a refusal ("corrupt or truncated PNG image: ..." → before the colon).
+fn reason_kind(reason: &str) -> &str {
+    reason.split(':').next().unwrap_or(reason).trim()
+}
+
+impl EngineBackend {
+    /// Analyses the files of one upload at once (so their images share forward passes with
+    /// each other and with other uploads), answering in order.
+    pub(super) fn analyse_upload(
+        &self,
+        files: Vec<(String, Result<Vec<u8>, ApiError>)>,
+    ) -> Vec<FileOutcome> {
+        // One thread per file, at most a batch's worth at a time: each blocks in the batcher
+        // until its pass is done (never on rayon's pool, which the pass itself uses).
+        let per_round = self.inner.batcher.config().max_batch.max(1);
+        let mut out = Vec::with_capacity(files.len());
+        let mut files = files.into_iter().peekable();
+        while files.peek().is_some() {
+            let round: Vec<_> = files.by_ref().take(per_round).collect();
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = round
+                    .into_iter()
+                    .map(|(name, bytes)| {
+                        scope.spawn(move || match bytes {
+                            Ok(bytes) => self.analyse_one(&name, &bytes),
+                            Err(why) => self.refused(&name, why),
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    out.push(h.join().unwrap_or_else(|_| FileOutcome {
+                        name: String::new(),
+                        analysis: None,
+                        error: Some(ApiError::internal("analysing the file failed")),
+                        cached: false,
+                    }));
+                }
+            });
+        }
+        out
+    }
+
+    fn analyse_one(&self, name: &str, bytes: &[u8]) -> FileOutcome {
+        match self.analyse_inner(name, bytes) {
+            Ok(o) => o,
+            Err(e) => FileOutcome {
+                name: name.to_string(),
+                analysis: None,
+                error: Some(ApiError {
+                    field: Some(name.to_string()),
+                    ..e
+                }),
+                cached: false,
+            },
+        }
+    }
+
+    /// Where an uploaded file's bytes are kept.
+    fn upload_path(&self, hash: &str) -> PathBuf {
+        self.inner.home.join("uploads").join(hash)
+    }
+
+    /// The top [`MAX_K`] hits for an embedding.
+    fn hits(&self, embedding: &[f32]) -> Result<Vec<Hit>, ApiError> {
+        let found = self.inner.ws.search(embedding, MAX_K).map_err(internal)?;
+        Ok(found
+            .into_iter()
+            .map(|n| Hit {
+                hash: n.hash,
+                path: self.relative(&n.path),
+                split: n.split,
+                category: n.category,
+                score: n.score,
+            })
+            .collect())
+    }
+
+    pub(super) fn to_analysis(
+        &self,
+        r: Record,
+        search_ms: Option<f32>,
+    ) -> Result<Analysis, ApiError> {
+        let t = Instant::now();
+        let hits = self.hits(&r.embedding)?;
+        let mut timings = r.timings;
+        timings.search_ms = search_ms.unwrap_or_else(|| ms(t));
+        Ok(Analysis {
+            hash: r.hash,
+            name: r.name,
+            width: r.width,
+            height: r.height,
+            hits,
+            text: r.text,
+            timings,
+            created_at: r.created_at,
+            indexed_category: r.indexed_category,
+        })
+    }
+
+    /// Decodes, embeds and describes `bytes`; the record is not stored. A file that cannot be
+    /// decoded is the caller's 4xx, naming it; the engine failing is a 500. No lock is held
+    /// while the forward pass runs.
+    fn embed_record(&self, name: &str, hash: &str, bytes: &[u8]) -> Result<Record, ApiError> {
+        let ws = &self.inner.ws;
+        let t = Instant::now();
+        // Decoding is CPU work: a few at a time, whatever the number of uploads in progress,
+        // so the full-size images in memory stay bounded too. Only the VLM needs the image
+        // after preprocessing.
+        let (pixels, (width, height), img) = {
+            let _turn = self.inner.decode_gate.enter();
+            let img = decode_limited(bytes, self.inner.max_pixels).map_err(|e| {
+                metrics::counter!("kadr_refused_files_total", "kind" => e.kind()).increment(1);
+                ApiError::file(e.status(), name, e.to_string())
+            })?;
+            let pixels =
+                kadr_engine::preprocess::preprocess(&img, &ws.embedder().preprocess_spec());
+            let keep = self.inner.vlm.is_some().then_some(img.clone());
+            (pixels, img.dimensions(), keep)
+        };
+        let decode_ms = ms(t);
+        let t = Instant::now();
+        let (visual, classes) = self
+            .inner
+            .batcher
+            .embed(pixels, TEXT_LABELS)
+            .map_err(|e| internal(format!("embedding failed: {e:#}")))?;
+        let mut embed_ms = ms(t);
+        let names: Vec<&str> = classes
+            .iter()
+            .filter_map(|&(i, _)| imagenet_class(i))
+            .collect();
+        let t = Instant::now();
+        let text = match &self.inner.vlm {
+            Some(vlm) => {
+                let img = img
+                    .as_ref()
+                    .ok_or_else(|| internal("no image for the VLM"))?;
+                let mut categories: Vec<String> = ws
+                    .store()
+                    .counts(ws.embedder().model_id())
+                    .map_err(internal)?
+                    .into_iter()
+                    .map(|(_, c, _)| c)
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                categories.sort();
+                categories.dedup();
+                let mut vlm = lock(vlm)?;
+                let caption = vlm
+                    .caption(std::slice::from_ref(img), self.inner.caption_tokens)
+                    .map_err(|e| internal(format!("captioning failed: {e:#}")))?
+                    .pop();
+                // Zero-shot needs something to choose between.
+                let mut labels: Vec<ScoredLabel> = if categories.len() >= 2 {
+                    vlm.zero_shot(img, &categories)
+                        .map_err(|e| internal(format!("zero-shot labelling failed: {e:#}")))?
+                        .into_iter()
+                        .map(|(label, score)| ScoredLabel { label, score })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                labels.sort_by(|a, b| b.score.total_cmp(&a.score));
+                labels.truncate(TEXT_LABELS);
+                TextAnalysis {
+                    source: TextSource::Vlm,
+                    caption,
+                    labels,
+                }
+            }
+            None => TextAnalysis {
+                source: TextSource::ImagenetLabels,
+                caption: None,
+                labels: classes
+                    .iter()
+                    .filter_map(|&(i, p)| {
+                        imagenet_class(i).map(|l| ScoredLabel {
+                            label: l.to_string(),
+                            score: p,
+                        })
+                    })
+                    .collect(),
+            },
+        };
+        let text_ms = ms(t);
+        // In a fused space the query is fused the way the index was: with the label text.
+        let t = Instant::now();
+        let embedding = match ws.fusion() {
+            None => visual,
+            Some(f) => {
+                let words = kadr_engine::fusion::image_text(&names)
+                    .ok_or_else(|| internal("the backbone gives no labels to fuse with"))?;
+                let t = f
+                    .text
+                    .embed(&[words])
+                    .map_err(|e| internal(format!("text embedding failed: {e:#}")))?
+                    .remove(0);
+                f.fuse(&visual, &t)
+            }
+        };
+        embed_ms += ms(t);
+        Ok(Record {
+            hash: hash.to_string(),
+            name: name.to_string(),
+            width,
+            height,
+            embedding,
+            text,
+            timings: StageTimings {
+                decode_ms,
+                embed_ms,
+                text_ms,
+                ..Default::default()
+            },
+            created_at: now(),
+            indexed_category: None,
+        })
+    }
+
+    fn refused(&self, name: &str, error: ApiError) -> FileOutcome {
+        if error.status < 500 {
+            if let Ok(h) = self.inner.history.lock() {
+                if let Err(e) = h.refuse(name, reason_kind(&error.message)) {
+                    tracing::error!("recording a refusal: {e:#}");
+                }
+            }
+        }
+        FileOutcome {
+            name: name.to_string(),
+            analysis: None,
+            error: Some(ApiError {
+                field: Some(name.to_string()),
+                ..error
+            }),
+            cached: false,
+        }
+    }
+
+    fn analyse_inner(&self, name: &str, bytes: &[u8]) -> Result<FileOutcome, ApiError> {
+        if bytes.is_empty() {
+            metrics::counter!("kadr_refused_files_total", "kind" => "empty").increment(1);
+            return Ok(self.refused(name, ApiError::file(422, name, "empty file")));
+        }
+        let hash = blake3::hash(bytes).to_hex().to_string();
+        let cached = lock(&self.inner.history)?
+            .get(self.model(), &hash)
+            .map_err(internal)?;
+        if let Some(record) = cached {
+            let mut analysis = self.to_analysis(record, None)?;
+            // The name the user gave this time.
+            analysis.name = name.to_string();
+            return Ok(FileOutcome {
+                name: name.to_string(),
+                analysis: Some(analysis),
+                error: None,
+                cached: true,
+            });
+        }
+        let record = match self.embed_record(name, &hash, bytes) {
+            Ok(r) => r,
+            Err(why) => return Ok(self.refused(name, why)),
+        };
+        metrics::counter!("kadr_images_embedded_total", "source" => "upload").increment(1);
+        // Keep the bytes for the permanent page; write-then-rename so no half file is served.
+        let path = self.upload_path(&hash);
+        if !path.exists() {
+            let dir = path.parent().expect("uploads folder");
+            std::fs::create_dir_all(dir).map_err(internal)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(internal)?;
+            std::io::Write::write_all(&mut tmp, bytes).map_err(internal)?;
+            tmp.persist(&path).map_err(internal)?;
+        }
+        lock(&self.inner.history)?
+            .put(self.model(), &record)
+            .map_err(internal)?;
+        Ok(FileOutcome {
+            name: name.to_string(),
+            analysis: Some(self.to_analysis(record, None)?),
+            error: None,
+            cached: false,
+        })
+    }
+
+    /// The file behind content `hash`: an upload or an indexed image.
+    pub fn image_file(&self, hash: &str) -> Result<PathBuf, ApiError> {
+        let upload = self.upload_path(hash);
+        if upload.is_file() {
+            return Ok(upload);
+        }
+        let row = self
+            .inner
+            .ws
+            .store()
+            .row_by_hash(&self.inner.visual_model, hash)
+            .map_err(internal)?;
+        row.map(|(r, _)| PathBuf::from(r.path))
+            .ok_or_else(|| ApiError::not_found(format!("no image with hash {hash}")))
+    }
+
+    /// Folder for cached thumbnails.
+    pub fn thumbs_dir(&self) -> PathBuf {
+        self.inner.home.join("thumbs")
+    }
+
+    /// The analyses of `hashes`, in order; unknown ones are an error naming them.
+    pub fn analyses(&self, hashes: &[String]) -> Result<Vec<Analysis>, ApiError> {
+        hashes.iter().map(|h| self.analysis_of(h)).collect()
+    }
+
+    /// A stored analysis of `hash`, searched again now; `None` when there is none.
+    pub(super) fn stored_analysis(&self, hash: &str) -> Result<Option<Analysis>, ApiError> {
+        let record = lock(&self.inner.history)?
+            .get(self.model(), hash)
+            .map_err(internal)?;
+        record.map(|r| self.to_analysis(r, None)).transpose()
+    }
+
+    pub(super) fn analysis_of(&self, hash: &str) -> Result<Analysis, ApiError> {
+        let record = lock(&self.inner.history)?
+            .get(self.model(), hash)
+            .map_err(internal)?;
+        if let Some(r) = record {
+            return self.to_analysis(r, None);
+        }
+        // An indexed image: analyse its file (once) so it gets a page like any upload.
+        let row = self
+            .inner
+            .ws
+            .store()
+            .row_by_hash(&self.inner.visual_model, hash)
+            .map_err(internal)?;
+        let Some((row, _)) = row else {
+            return Err(ApiError::not_found(format!(
+                "nothing analysed or indexed has hash {hash}"
+            )));
+        };
+        let bytes = std::fs::read(&row.path)
+            .map_err(|e| ApiError::not_found(format!("{} is gone: {e}", row.path)))?;
+        let mut record = self.embed_record(&self.relative(&row.path), hash, &bytes)?;
+        record.indexed_category = Some(row.category);
+        lock(&self.inner.history)?
+            .put(self.model(), &record)
+            .map_err(internal)?;
+        self.to_analysis(record, None)
+    }
+}

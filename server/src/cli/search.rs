@@ -1,0 +1,52 @@
+//! `kadr search IMAGE...`: the most similar indexed images and the voted category.
+
+use super::VoteArgs;
+use anyhow::{Context, Result};
+use clap::Args;
+use kadr_engine::settings::Settings;
+use kadr_engine::workspace::Workspace;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct SearchArgs {
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    vote: VoteArgs,
+    /// Print one JSON object per image instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(s: &Settings, a: SearchArgs) -> Result<()> {
+    let cfg = a.vote.config()?;
+    let ws = Workspace::open(s)?;
+    anyhow::ensure!(
+        !ws.is_empty(),
+        "the index is empty: run `kadr index DIR` first"
+    );
+    for image in a.images {
+        let bytes =
+            std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+        let q = ws
+            .embed_bytes(&bytes)
+            .with_context(|| format!("{}", image.display()))?;
+        let hits = ws.search(&q, cfg.k)?;
+        let v = kadr_engine::vote::vote(hits.iter().map(|h| (h.category.as_str(), h.score)), &cfg);
+        if a.json {
+            let out = serde_json::json!({ "image": image, "vote": v, "neighbours": hits });
+            println!("{out}");
+        } else {
+            println!(
+                "{}: {} (confidence {:.2})",
+                image.display(),
+                v.category.as_deref().unwrap_or("(no category)"),
+                v.confidence
+            );
+            for h in &hits {
+                println!("  {:.4}  {:<12} {}", h.score, h.category, h.path);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! What the browser and the engine share, so both compute exactly the same thing: [`vote`]
+//! (a category from the nearest neighbours, re-ranking under a tuning) and [`types`] (the
+//! API's data: analyses, hits, tunings, dashboard figures). Plain serde data and pure code;
+//! it builds for wasm32 (the app's hydrate side) and for the host (engine and server).
+
+pub mod types;
+pub mod vote;

@@ -1,0 +1,571 @@
+//! Types shared by the server and the browser: plain serialisable data, the one vocabulary of
+//! server functions, the REST API and the pages. Behaviour that both sides need (re-ranking
+//! under a [`Tuning`]) is here too, so the browser and the CSV export agree to the digit.
+
+use crate::vote::{passing, vote, CategoryRules, Vote, VoteConfig, VoteMode};
+use serde::{Deserialize, Serialize};
+
+/// Most neighbours a search returns; `k` can be tuned up to this without searching again.
+pub const MAX_K: usize = 50;
+/// Longest category rule strings accepted (rename / ignore lists).
+pub const MAX_RULES_LEN: usize = 2000;
+
+/// What the index holds, as shown on the dataset page.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct IndexSummary {
+    /// Embedding model the index was built with.
+    pub model: String,
+    /// Images in the index, all splits together.
+    pub images: u64,
+    /// Images per split and category.
+    pub categories: Vec<CategoryCount>,
+    /// Dataset folders the server indexes.
+    pub folders: Vec<String>,
+}
+
+/// Number of indexed images in one category of one split.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CategoryCount {
+    /// Dataset split: `train`, `valid`, `test`, or empty for a folder without splits.
+    pub split: String,
+    /// Category label.
+    pub category: String,
+    /// Images of this category in this split.
+    pub images: u64,
+}
+
+/// The settings that turn neighbours into matches and a category. They live in the page URL
+/// (see [`Tuning::to_query`]) so a view can be shared; defaults come from the server.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Tuning {
+    /// Similarity threshold: absolute cosine similarity, or a fraction of the best hit's.
+    pub threshold: f32,
+    /// Whether `threshold` is relative to the best hit.
+    pub relative: bool,
+    /// Below this vote share no category is given (0–1).
+    pub min_confidence: f32,
+    /// Neighbours shown and voting (1–[`MAX_K`]).
+    pub k: usize,
+    /// Majority or similarity-weighted vote.
+    pub mode: VoteMode,
+    /// Category renames and merges, `from=to,from2=to`.
+    pub rename: String,
+    /// Categories that do not vote, `a,b`.
+    pub ignore: String,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            threshold: 0.3,
+            relative: false,
+            min_confidence: 0.0,
+            k: crate::vote::DEFAULT_K,
+            mode: VoteMode::Majority,
+            rename: String::new(),
+            ignore: String::new(),
+        }
+    }
+}
+
+/// A rejected input: which field and why.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl Tuning {
+    /// Checks every field; the first bad one is reported.
+    pub fn validate(&self) -> Result<VoteConfig, FieldError> {
+        let bad = |field: &str, message: String| FieldError {
+            field: field.into(),
+            message,
+        };
+        if !self.threshold.is_finite() || !(-1.0..=1.0).contains(&self.threshold) {
+            return Err(bad(
+                "threshold",
+                format!("must be between -1 and 1, got {}", self.threshold),
+            ));
+        }
+        if self.relative && self.threshold < 0.0 {
+            return Err(bad(
+                "threshold",
+                "a relative threshold must be between 0 and 1".into(),
+            ));
+        }
+        if !self.min_confidence.is_finite() || !(0.0..=1.0).contains(&self.min_confidence) {
+            return Err(bad(
+                "min_confidence",
+                format!("must be between 0 and 1, got {}", self.min_confidence),
+            ));
+        }
+        if !(1..=MAX_K).contains(&self.k) {
+            return Err(bad("k", format!("must be 1 to {MAX_K}, got {}", self.k)));
+        }
+        for (field, value) in [("rename", &self.rename), ("ignore", &self.ignore)] {
+            if value.len() > MAX_RULES_LEN {
+                return Err(bad(
+                    field,
+                    format!("longer than {MAX_RULES_LEN} characters"),
+                ));
+            }
+        }
+        let rules =
+            CategoryRules::parse(&self.rename, &self.ignore).map_err(|m| bad("rename", m))?;
+        Ok(VoteConfig {
+            k: self.k,
+            mode: self.mode,
+            min_similarity: if self.relative { -1.0 } else { self.threshold },
+            relative_to_best: self.relative.then_some(self.threshold),
+            min_confidence: self.min_confidence,
+            rules,
+        })
+    }
+
+    /// The URL query form: `t=0.3&rel=0&conf=0&k=10&mode=majority&rename=&ignore=`.
+    pub fn to_query(&self) -> String {
+        let mut q = format!(
+            "t={}&rel={}&conf={}&k={}&mode={}",
+            self.threshold,
+            u8::from(self.relative),
+            self.min_confidence,
+            self.k,
+            self.mode.as_str()
+        );
+        for (key, value) in [("rename", &self.rename), ("ignore", &self.ignore)] {
+            if !value.is_empty() {
+                q.push_str(&format!("&{key}={}", encode_component(value)));
+            }
+        }
+        q
+    }
+
+    /// Reads the URL query form; absent or unreadable values keep `defaults`' (a shared link
+    /// must never fail to open), and [`Tuning::validate`] judges the rest.
+    pub fn from_query(get: impl Fn(&str) -> Option<String>, defaults: &Tuning) -> Tuning {
+        let num = |key: &str| get(key).and_then(|v| v.trim().parse::<f32>().ok());
+        Tuning {
+            threshold: num("t").unwrap_or(defaults.threshold),
+            relative: get("rel").map_or(defaults.relative, |v| v == "1" || v == "true"),
+            min_confidence: num("conf").unwrap_or(defaults.min_confidence),
+            k: get("k")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(defaults.k),
+            mode: get("mode")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.mode),
+            rename: get("rename").unwrap_or_else(|| defaults.rename.clone()),
+            ignore: get("ignore").unwrap_or_else(|| defaults.ignore.clone()),
+        }
+    }
+}
+
+/// Percent-encodes a URL query value (RFC 3986 unreserved characters pass).
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Server settings the web app starts from.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct UiDefaults {
+    /// Default tuning (`THRESHOLD`, `K`, ... on the server).
+    pub tuning: Tuning,
+    /// Files sent per upload request (`BATCH_SIZE`).
+    pub batch_size: usize,
+    /// Longer image side above which the browser downscales before upload (`UPLOAD_MAX_SIDE`).
+    pub upload_max_side: u32,
+    /// Largest file accepted, in bytes (`MAX_UPLOAD_BYTES`).
+    pub max_upload_bytes: u64,
+    /// Whether a vision-language model gives captions and zero-shot labels.
+    pub vlm: bool,
+    /// Embedding model id.
+    pub model: String,
+}
+
+/// One indexed image found similar to a query.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Hit {
+    /// Content hash: the key of its image (`/img/{hash}`) and of its own analysis (`/a/{hash}`).
+    pub hash: String,
+    /// Path relative to its dataset folder.
+    pub path: String,
+    pub split: String,
+    pub category: String,
+    /// Cosine similarity.
+    pub score: f32,
+}
+
+/// Where the text analysis comes from.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TextSource {
+    /// The backbone's own ImageNet classifier: top labels, no caption.
+    ImagenetLabels,
+    /// The vision-language model: a caption and zero-shot labels over the categories.
+    Vlm,
+}
+
+/// A label with its probability.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ScoredLabel {
+    pub label: String,
+    pub score: f32,
+}
+
+/// What words say about the image.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TextAnalysis {
+    pub source: TextSource,
+    pub caption: Option<String>,
+    pub labels: Vec<ScoredLabel>,
+}
+
+/// Milliseconds per stage of one analysis.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct StageTimings {
+    pub decode_ms: f32,
+    pub embed_ms: f32,
+    pub search_ms: f32,
+    pub text_ms: f32,
+}
+
+/// A query image and everything found about it, before tuning is applied: the top
+/// [`MAX_K`] hits, so any tuning can be applied on screen without searching again.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Analysis {
+    /// Content hash of the uploaded bytes: the permanent URL is `/a/{hash}`.
+    pub hash: String,
+    /// File name as uploaded (or the indexed path).
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    /// Most similar indexed images, best first.
+    pub hits: Vec<Hit>,
+    pub text: TextAnalysis,
+    pub timings: StageTimings,
+    /// Unix seconds when it was first analysed.
+    pub created_at: i64,
+    /// The category it is filed under when the image itself is indexed.
+    pub indexed_category: Option<String>,
+}
+
+/// An analysis seen through a tuning: the matches shown and the vote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranked<'a> {
+    pub matches: Vec<&'a Hit>,
+    pub vote: Vote,
+}
+
+impl Analysis {
+    /// Applies `cfg`: matches are the hits within k and above the threshold; the vote counts
+    /// them under the category rules.
+    pub fn rank(&self, cfg: &VoteConfig) -> Ranked<'_> {
+        let scores: Vec<f32> = self.hits.iter().map(|h| h.score).collect();
+        let matches: Vec<&Hit> = passing(&scores, cfg)
+            .into_iter()
+            .map(|i| &self.hits[i])
+            .collect();
+        let vote = vote(
+            self.hits.iter().map(|h| (h.category.as_str(), h.score)),
+            cfg,
+        );
+        Ranked { matches, vote }
+    }
+}
+
+/// Counts in one bucket.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Count {
+    pub label: String,
+    pub count: u64,
+}
+
+/// The dashboard's figures over everything analysed so far, under one tuning.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Stats {
+    /// Images analysed (distinct contents).
+    pub analyses: u64,
+    /// Voted category counts (`(none)` where no category was given).
+    pub categories: Vec<Count>,
+    /// Vote confidence in ten bins, 0–0.1 … 0.9–1.0.
+    pub confidence_histogram: Vec<u64>,
+    /// Mean milliseconds per stage over fresh (non-cached) analyses.
+    pub mean_timings: StageTimings,
+    /// Analyses per minute (label: `HH:MM` UTC).
+    pub throughput: Vec<Count>,
+    /// Refused uploads by reason.
+    pub errors: Vec<Count>,
+    /// The last evaluation, if one was run.
+    pub eval: Option<EvalView>,
+}
+
+/// A finished evaluation as the dashboard shows it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EvalView {
+    pub folder: String,
+    pub mode: String,
+    pub model: String,
+    pub images: u64,
+    pub map_at_10: f64,
+    pub vote_accuracy: f64,
+    pub per_category: Vec<CategoryScore>,
+    /// Rows: true category; columns: predicted, the last one "(none)".
+    pub confusion_labels: Vec<String>,
+    pub confusion: Vec<Vec<u64>>,
+    /// Lowest-AP queries, worst first.
+    pub worst: Vec<WorstQuery>,
+    /// Every evaluated image projected on the first two principal components.
+    pub map: Vec<MapPoint>,
+    pub created_at: i64,
+}
+
+/// One category's evaluation figures.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CategoryScore {
+    pub category: String,
+    pub images: u64,
+    pub map_at_10: f64,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// A query the index served badly.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct WorstQuery {
+    pub hash: String,
+    pub path: String,
+    pub category: String,
+    pub predicted: Option<String>,
+    pub ap: f64,
+}
+
+/// An image on the 2-D embedding map.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MapPoint {
+    pub x: f32,
+    pub y: f32,
+    pub category: String,
+    pub path: String,
+    /// Whether the vote gave its own category.
+    pub correct: bool,
+}
+
+/// Long work the dataset page can start.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobRequest {
+    /// Add a dataset folder (on the server) and index it.
+    AddFolder { folder: String },
+    /// Index every known folder again (new and changed files only).
+    Reindex,
+    /// Evaluate the first folder (leave-one-out, or valid against train).
+    Evaluate,
+}
+
+/// Where a job stands.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// A job's progress.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobStatus {
+    pub id: u64,
+    /// What it does, in words.
+    pub title: String,
+    pub state: JobState,
+    pub done: u64,
+    pub total: u64,
+    /// Outcome or error, once finished.
+    pub message: String,
+}
+
+/// What `/status` answers.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServerStatus {
+    pub version: String,
+    pub model: String,
+    pub device: String,
+    pub index_size: u64,
+    pub uptime_s: u64,
+    pub vlm: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_round_trips_through_the_url() {
+        let t = Tuning {
+            threshold: 0.45,
+            relative: true,
+            min_confidence: 0.5,
+            k: 7,
+            mode: VoteMode::Weighted,
+            rename: "a b=c&d".into(),
+            ignore: "x".into(),
+        };
+        let q = t.to_query();
+        let pairs: Vec<(String, String)> = q
+            .split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), decode(v))
+            })
+            .collect();
+        let back = Tuning::from_query(
+            |key| pairs.iter().find(|p| p.0 == key).map(|p| p.1.clone()),
+            &Tuning::default(),
+        );
+        assert_eq!(back, t);
+        assert!(back.validate().is_ok());
+    }
+
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn bad_tuning_names_the_field() {
+        let bad = |t: Tuning| t.validate().unwrap_err().field;
+        let d = Tuning::default;
+        assert_eq!(
+            bad(Tuning {
+                threshold: f32::NAN,
+                ..d()
+            }),
+            "threshold"
+        );
+        assert_eq!(
+            bad(Tuning {
+                threshold: 1.5,
+                ..d()
+            }),
+            "threshold"
+        );
+        assert_eq!(bad(Tuning { k: 0, ..d() }), "k");
+        assert_eq!(
+            bad(Tuning {
+                k: MAX_K + 1,
+                ..d()
+            }),
+            "k"
+        );
+        assert_eq!(
+            bad(Tuning {
+                min_confidence: -0.1,
+                ..d()
+            }),
+            "min_confidence"
+        );
+        assert_eq!(
+            bad(Tuning {
+                rename: "oops".into(),
+                ..d()
+            }),
+            "rename"
+        );
+        // Unreadable URL values fall back to the defaults instead of failing the page.
+        let t = Tuning::from_query(|k| (k == "k").then(|| "many".to_string()), &d());
+        assert_eq!(t.k, d().k);
+    }
+
+    #[test]
+    fn ranking_applies_threshold_k_and_rules() {
+        let hit = |c: &str, s: f32| Hit {
+            hash: String::new(),
+            path: String::new(),
+            split: String::new(),
+            category: c.into(),
+            score: s,
+        };
+        let a = Analysis {
+            hash: "h".into(),
+            name: "q.png".into(),
+            width: 1,
+            height: 1,
+            hits: vec![
+                hit("cat", 0.9),
+                hit("dog", 0.5),
+                hit("dog", 0.4),
+                hit("dog", 0.2),
+            ],
+            text: TextAnalysis {
+                source: TextSource::ImagenetLabels,
+                caption: None,
+                labels: vec![],
+            },
+            timings: StageTimings::default(),
+            created_at: 0,
+            indexed_category: None,
+        };
+        let at = |threshold: f32| {
+            Tuning {
+                threshold,
+                ..Tuning::default()
+            }
+            .validate()
+            .unwrap()
+        };
+        let r = a.rank(&at(0.3));
+        assert_eq!(r.matches.len(), 3);
+        assert_eq!(r.vote.category.as_deref(), Some("dog"));
+        let r = a.rank(&at(0.6));
+        assert_eq!(r.matches.len(), 1);
+        assert_eq!(r.vote.category.as_deref(), Some("cat"));
+        let relative = Tuning {
+            threshold: 0.5,
+            relative: true,
+            ..Tuning::default()
+        };
+        assert_eq!(a.rank(&relative.validate().unwrap()).matches.len(), 2);
+    }
+}
