@@ -1,7 +1,7 @@
-//! `kadr serve` under concurrent uploads, with a tiny real ConvNeXt: uploads that arrive
-//! together share a forward pass (fewer passes than images in `/metrics`), each still gets its
-//! own analysis, and a stored analysis is answered while they are being embedded; with
-//! `DYNAMIC_BATCHING=off` every image is a pass of its own.
+//! `kadr serve` under concurrent uploads, with a tiny real ConvNeXt: the files of an upload
+//! share a forward pass (counted in `/metrics`), each still gets its own analysis, a lone
+//! upload does not wait, and a stored analysis is answered while uploads are being embedded;
+//! with `DYNAMIC_BATCHING=off` every image is a pass of its own.
 
 mod common;
 
@@ -56,6 +56,16 @@ fn upload_together(s: &Server, seeds: std::ops::Range<u32>) -> Vec<String> {
     })
 }
 
+fn big_png() -> Vec<u8> {
+    // 20 megapixels: a decode that takes a while, well under the default limits.
+    let img = image::RgbImage::from_fn(5000, 4000, |x, y| {
+        image::Rgb([(x * y % 251) as u8, (x % 253) as u8, (y % 247) as u8])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 #[test]
 fn concurrent_uploads_share_forward_passes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -63,7 +73,7 @@ fn concurrent_uploads_share_forward_passes() {
     let data = tmp.path().join("data");
     common::synthetic_dataset(&data, &["red", "green", "blue"], 3);
 
-    // One worker that waits long enough for six simultaneous uploads to join its pass.
+    // One worker that may wait long for announced images.
     let s = Server::start(
         &tmp.path().join("home"),
         &w,
@@ -72,38 +82,69 @@ fn concurrent_uploads_share_forward_passes() {
             ("RATE_LIMIT", "0"),
             ("EMBED_WORKERS", "1"),
             ("MAX_BATCH_SIZE", "8"),
-            ("BATCH_WAIT_MS", "1500"),
+            ("BATCH_WAIT_MS", "5000"),
         ],
     );
+    // A lone upload does not wait for company that is not coming.
+    let t = std::time::Instant::now();
     let first = upload_together(&s, 0..1);
+    assert!(t.elapsed().as_millis() < 4000, "{:?}", t.elapsed());
+    assert_eq!(passes(&s), (1.0, 1.0));
+
+    // The six files of one upload are one pass.
+    let files: Vec<(String, Vec<u8>)> = (1..7).map(|i| (format!("{i}.png"), png(i))).collect();
+    let parts: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let r = s.upload(&parts, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut hashes: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["analysis"]["hash"].as_str().unwrap().to_string())
+        .collect();
+    hashes.sort();
+    hashes.dedup();
+    assert_eq!(hashes.len(), 6, "each file got its own analysis");
+    assert_eq!(passes(&s), (7.0, 2.0), "one pass for the six files");
+
+    // Separate uploads at once: each embedded once, each its own answer.
     let before = passes(&s);
-    assert_eq!(before, (1.0, 1.0));
-    let hashes = upload_together(&s, 1..7);
+    let hashes = upload_together(&s, 10..16);
     let after = passes(&s);
-    let (images, count) = (after.0 - before.0, after.1 - before.1);
-    assert_eq!(images, 6.0, "every upload embedded once");
-    assert!(count < 6.0, "{count} passes for 6 simultaneous uploads");
+    assert_eq!(after.0 - before.0, 6.0);
+    assert!(after.1 - before.1 <= 6.0);
     let mut distinct = hashes.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct.len(), 6, "each upload got its own analysis");
+    assert_eq!(distinct.len(), 6);
     let metrics = String::from_utf8(s.get("/metrics").body).unwrap();
     assert!(metrics.contains("kadr_batch_size_mean"), "{metrics}");
 
-    // A stored analysis is a search: answered while uploads wait for their pass.
-    let t = std::time::Instant::now();
-    let (_, waited) = std::thread::scope(|scope| {
-        let up = scope.spawn(|| upload_together(&s, 10..12));
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let t0 = std::time::Instant::now();
+    // A stored analysis is a search: answered at once while an upload of a large photo and a
+    // small one is being decoded and waited for.
+    let big = big_png();
+    let small = png(99);
+    let (upload_took, get_took) = std::thread::scope(|scope| {
+        let up = scope.spawn(|| {
+            let t = std::time::Instant::now();
+            let r = s.upload(&[("big.png", &big), ("small.png", &small)], &[]);
+            assert_eq!(r.status, 200, "{}", r.text());
+            t.elapsed()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let t = std::time::Instant::now();
         let r = s.get(&format!("/api/v1/analysis?hash={}", first[0]));
         assert_eq!(r.status, 200);
-        let waited = t0.elapsed();
-        (up.join().unwrap(), waited)
+        let get_took = t.elapsed();
+        (up.join().unwrap(), get_took)
     });
     assert!(
-        waited < std::time::Duration::from_millis(1000) && t.elapsed().as_millis() >= 1500,
-        "the stored analysis took {waited:?} beside a pass that waits 1.5 s"
+        get_took * 3 < upload_took,
+        "the stored analysis took {get_took:?} beside an upload of {upload_took:?}"
     );
     drop(s);
 
@@ -114,6 +155,7 @@ fn concurrent_uploads_share_forward_passes() {
         &data,
         &[("RATE_LIMIT", "0"), ("DYNAMIC_BATCHING", "off")],
     );
-    upload_together(&s, 20..24);
+    let r = s.upload(&parts[..4], &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(passes(&s), (4.0, 4.0));
 }

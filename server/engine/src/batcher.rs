@@ -7,13 +7,21 @@
 //! Callers decode and preprocess themselves (in parallel, on their own threads) and block on
 //! [`Batcher::embed`]; an error of the pass is every member's error. With batching off each
 //! request is its own pass, `workers` of them at once.
+//!
+//! A caller that knows an image is on its way (an upload being decoded) says so first with
+//! [`Batcher::announce`]. A worker waits for more only while announced images have not yet
+//! arrived, so a lone request never waits for company that is not coming, and a burst fills
+//! one pass.
 
 use crate::embed::{Embedder, TopClasses};
 use anyhow::{anyhow, Result};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How often a waiting worker looks again whether announced images are still coming.
+const POLL: Duration = Duration::from_millis(1);
 
 /// How the batcher gathers requests.
 #[derive(Debug, Clone, Copy)]
@@ -22,7 +30,7 @@ pub struct BatchConfig {
     pub workers: usize,
     /// Most images in one pass.
     pub max_batch: usize,
-    /// Longest the first request of a batch waits for others.
+    /// Longest the first request of a batch waits for announced others.
     pub wait: Duration,
     /// Gather at all (off: every request is its own pass).
     pub enabled: bool,
@@ -51,19 +59,50 @@ impl BatchConfig {
     }
 }
 
+/// What a request gets back: its vector and classes, or the pass's error.
+type Answer = Result<(Vec<f32>, TopClasses), String>;
+
 /// One image to embed and where its answer goes.
 struct Job {
     /// Preprocessed CHW pixels of one image.
     data: Vec<f32>,
     top_k: usize,
-    reply: Sender<Result<(Vec<f32>, TopClasses), String>>,
+    reply: Sender<Answer>,
 }
 
-/// Passes run and images embedded, for the mean batch size.
+/// Passes run and images embedded, for the mean batch size; images announced and not yet
+/// handed over.
 #[derive(Default)]
 struct Counters {
     passes: AtomicU64,
     images: AtomicU64,
+    coming: AtomicUsize,
+}
+
+/// An image announced to the batcher: hand it over with [`Announced::embed`]; dropping it
+/// unused (the file did not decode, the analysis was cached) withdraws the announcement.
+pub struct Announced {
+    batcher: Batcher,
+}
+
+impl Announced {
+    /// [`Batcher::embed`] for the announced image.
+    pub fn embed(self, data: Vec<f32>, top_k: usize) -> Result<(Vec<f32>, TopClasses)> {
+        // The job is queued before the announcement is withdrawn (on drop, below), so a worker
+        // always sees one or the other.
+        let answer = self.batcher.submit(data, top_k)?;
+        drop(self);
+        answer
+            .recv()
+            .map_err(|_| anyhow!("an embedding worker stopped during the pass"))?
+            .map_err(|e| anyhow!(e))
+    }
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        self.batcher.counters.coming.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The batcher; cheap to share. Dropping the last handle stops its workers once the queue
@@ -102,14 +141,26 @@ impl Batcher {
     /// The L2-normalised embedding and top-`top_k` classes of one preprocessed image, from a
     /// pass shared with whatever other requests arrived meanwhile. Blocks until it is done.
     pub fn embed(&self, data: Vec<f32>, top_k: usize) -> Result<(Vec<f32>, TopClasses)> {
+        self.submit(data, top_k)?
+            .recv()
+            .map_err(|_| anyhow!("an embedding worker stopped during the pass"))?
+            .map_err(|e| anyhow!(e))
+    }
+
+    /// Says an image is on its way (being decoded): passes wait for it, up to the wait.
+    pub fn announce(&self) -> Announced {
+        self.counters.coming.fetch_add(1, Ordering::SeqCst);
+        Announced {
+            batcher: self.clone(),
+        }
+    }
+
+    fn submit(&self, data: Vec<f32>, top_k: usize) -> Result<Receiver<Answer>> {
         let (reply, answer) = bounded(1);
         self.tx
             .send(Job { data, top_k, reply })
             .map_err(|_| anyhow!("the embedding workers have stopped"))?;
-        answer
-            .recv()
-            .map_err(|_| anyhow!("an embedding worker stopped during the pass"))?
-            .map_err(|e| anyhow!(e))
+        Ok(answer)
     }
 
     /// Mean images per forward pass so far (0 before the first).
@@ -133,7 +184,8 @@ fn worker(rx: &Receiver<Job>, embedder: &Embedder, counters: &Counters, config: 
         let deadline = Instant::now() + config.wait;
         let mut jobs = vec![first];
         while jobs.len() < max {
-            // What is queued already joins at once; then wait out the deadline.
+            // What is queued already joins at once; then wait, until the deadline, for images
+            // announced and not yet here.
             match rx.try_recv() {
                 Ok(job) => {
                     jobs.push(job);
@@ -143,12 +195,14 @@ fn worker(rx: &Receiver<Job>, embedder: &Embedder, counters: &Counters, config: 
                 Err(TryRecvError::Empty) => {}
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || counters.coming.load(Ordering::SeqCst) == 0 {
                 break;
             }
-            match rx.recv_timeout(deadline - now) {
+            // Short waits, so a withdrawn announcement (a file that did not decode) is noticed.
+            match rx.recv_timeout((deadline - now).min(POLL)) {
                 Ok(job) => jobs.push(job),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         run_pass(embedder, counters, jobs);

@@ -203,6 +203,19 @@ impl VectorIndex {
     }
 }
 
+/// FAISS's message for the last error on this thread.
+fn last_faiss_error() -> String {
+    // SAFETY: FAISS returns a thread-local C string, or null when there is none.
+    unsafe {
+        let p = faiss_sys::faiss_get_last_error();
+        if p.is_null() {
+            "unknown error".into()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,18 +287,5 @@ mod tests {
         let path = dir.path().join("bad.faiss");
         std::fs::write(&path, b"not an index").unwrap();
         assert!(VectorIndex::load(&path, IndexKind::Flat).is_err());
-    }
-}
-
-/// FAISS's message for the last error on this thread.
-fn last_faiss_error() -> String {
-    // SAFETY: FAISS returns a thread-local C string, or null when there is none.
-    unsafe {
-        let p = faiss_sys::faiss_get_last_error();
-        if p.is_null() {
-            "unknown error".into()
-        } else {
-            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
     }
 }

@@ -118,29 +118,37 @@ mod check {
         }
     }
 
+    /// A whole number of at least `lo`.
     pub fn at_least<T>(var: &'static str, lo: T) -> impl Fn(&str) -> Result<T, String> + Clone
     where
         T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display + Send + Sync + 'static,
     {
-        move |s| {
-            let what = format!("a whole number of at least {lo}");
-            let v: T = parse(s, var, &what)?;
-            if v >= lo {
-                Ok(v)
-            } else {
-                Err(format!("{var} must be {what}"))
-            }
-        }
+        whole(var, lo, None)
     }
 
+    /// A whole number from `lo` to `hi`.
     pub fn between<T>(var: &'static str, lo: T, hi: T) -> impl Fn(&str) -> Result<T, String> + Clone
     where
         T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display + Send + Sync + 'static,
     {
+        whole(var, lo, Some(hi))
+    }
+
+    fn whole<T>(
+        var: &'static str,
+        lo: T,
+        hi: Option<T>,
+    ) -> impl Fn(&str) -> Result<T, String> + Clone
+    where
+        T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display + Send + Sync + 'static,
+    {
         move |s| {
-            let what = format!("a whole number from {lo} to {hi}");
+            let what = match hi {
+                Some(hi) => format!("a whole number from {lo} to {hi}"),
+                None => format!("a whole number of at least {lo}"),
+            };
             let v: T = parse(s, var, &what)?;
-            if v >= lo && v <= hi {
+            if v >= lo && hi.is_none_or(|hi| v <= hi) {
                 Ok(v)
             } else {
                 Err(format!("{var} must be {what}"))
@@ -222,7 +230,7 @@ pub struct Settings {
     /// Gather concurrent uploads into one forward pass (on/off)
     #[arg(long, env = "DYNAMIC_BATCHING", value_name = "DYNAMIC_BATCHING", default_value = "on", action = ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), global = true)]
     pub dynamic_batching: bool,
-    /// Longest a forward pass waits for more uploads to join its batch, in ms
+    /// Longest a forward pass waits for uploads announced (being decoded) to join it, in ms
     #[arg(long, env = "BATCH_WAIT_MS", value_name = "BATCH_WAIT_MS", default_value_t = DEFAULT_BATCH_WAIT_MS, value_parser = check::between("BATCH_WAIT_MS", 0u64, 10_000), global = true)]
     pub batch_wait_ms: u64,
     /// FAISS structure: flat (exact), hnsw or ivf (approximate, for large sets)

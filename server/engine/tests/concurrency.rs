@@ -7,7 +7,7 @@ use kadr_testkit as common;
 use candle_core::Device;
 use kadr_engine::batcher::{BatchConfig, Batcher};
 use kadr_engine::dataset::scan;
-use kadr_engine::embed::Embedder;
+use kadr_engine::embed::{Embedder, TopClasses};
 use kadr_engine::index::IndexKind;
 use kadr_engine::preprocess::preprocess;
 use kadr_engine::workspace::Workspace;
@@ -34,12 +34,13 @@ fn concurrent_requests_share_a_pass_and_get_their_own_answers() {
     let n = 8;
     let inputs = pixels(&embedder, n);
     // Each image alone, as the reference.
-    let alone: Vec<(Vec<f32>, Vec<(usize, f32)>)> = inputs
+    let alone: Vec<(Vec<f32>, TopClasses)> = inputs
         .iter()
         .map(|d| embedder.embed_with_top(d, 1, 3).unwrap().remove(0))
         .collect();
 
-    // One worker and a long wait: all eight requests are in the first pass.
+    // One worker and a long wait: all eight requests, announced before any is sent, are in
+    // the first pass.
     let batcher = Batcher::new(
         embedder.clone(),
         BatchConfig {
@@ -54,9 +55,10 @@ fn concurrent_requests_share_a_pass_and_get_their_own_answers() {
         .into_iter()
         .map(|d| {
             let (b, start) = (batcher.clone(), start.clone());
+            let ticket = b.announce();
             std::thread::spawn(move || {
                 start.wait();
-                b.embed(d, 3).unwrap()
+                ticket.embed(d, 3).unwrap()
             })
         })
         .collect();
@@ -106,7 +108,31 @@ fn concurrent_requests_share_a_pass_and_get_their_own_answers() {
     }
     assert_eq!(single.mean_batch_size(), 1.0);
 
-    // A bad request fails alone... and an error of the pass reaches its members.
+    // Nothing announced: a lone request does not wait for company (the wait is 2 s).
+    let t = std::time::Instant::now();
+    let one = batcher.embed(pixels(&embedder, 1).remove(0), 0).unwrap();
+    assert_eq!(one.0.len(), alone[0].0.len());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    // An announcement withdrawn (a file that did not decode) does not hold the pass either.
+    let withdrawn = batcher.announce();
+    let t = std::time::Instant::now();
+    let b2 = batcher.clone();
+    let d = pixels(&embedder, 1).remove(0);
+    let h = std::thread::spawn(move || b2.embed(d, 0).unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    drop(withdrawn);
+    h.join().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // An error of the pass reaches its members.
     let e = batcher.embed(vec![0.0; 7], 0).unwrap_err();
     assert!(format!("{e:#}").contains("wrong length"), "{e:#}");
 }

@@ -120,8 +120,7 @@ fn fused_space_backfills_indexes_and_searches() {
     drop(ws);
 
     // Opening the fused space embeds those texts, so nothing needs indexing again.
-    let ws =
-        Workspace::open_fused(&home, effnet(), Some(fusion(0.8)), IndexKind::Flat).unwrap();
+    let ws = Workspace::open_fused(&home, effnet(), Some(fusion(0.8)), IndexKind::Flat).unwrap();
     assert_eq!(ws.len(), 9);
     assert!(
         ws.space_id()
@@ -150,8 +149,7 @@ fn fused_space_backfills_indexes_and_searches() {
     assert!((cos - 1.0).abs() < 1e-4, "{cos}");
 
     // Another weight is another space, built from the stored vectors without embedding.
-    let other =
-        Workspace::open_fused(&home, effnet(), Some(fusion(0.5)), IndexKind::Flat).unwrap();
+    let other = Workspace::open_fused(&home, effnet(), Some(fusion(0.5)), IndexKind::Flat).unwrap();
     assert_ne!(other.space_id(), ws.space_id());
     assert_eq!(other.len(), 9);
     assert_eq!(other.index_files(&files, 4, &|_| {}).unwrap().skipped, 9);

@@ -7,6 +7,7 @@ use crate::history::Record;
 use app::analyse::FileOutcome;
 use app::errors::ApiError;
 use app::types::*;
+use kadr_engine::batcher::Announced;
 use kadr_engine::decode::decode_limited;
 use kadr_engine::embed::imagenet_class;
 use std::path::PathBuf;
@@ -34,12 +35,22 @@ impl EngineBackend {
         let mut files = files.into_iter().peekable();
         while files.peek().is_some() {
             let round: Vec<_> = files.by_ref().take(per_round).collect();
+            // Announced before any is decoded, so the pass waits for the whole round.
+            let tickets: Vec<_> = round
+                .iter()
+                .map(|(_, b)| b.is_ok().then(|| self.inner.batcher.announce()))
+                .collect();
             std::thread::scope(|scope| {
                 let handles: Vec<_> = round
                     .into_iter()
-                    .map(|(name, bytes)| {
+                    .zip(tickets)
+                    .map(|((name, bytes), ticket)| {
                         scope.spawn(move || match bytes {
-                            Ok(bytes) => self.analyse_one(&name, &bytes),
+                            Ok(bytes) => {
+                                let ticket =
+                                    ticket.unwrap_or_else(|| self.inner.batcher.announce());
+                                self.analyse_one(&name, &bytes, ticket)
+                            }
                             Err(why) => self.refused(&name, why),
                         })
                     })
@@ -57,8 +68,8 @@ impl EngineBackend {
         out
     }
 
-    fn analyse_one(&self, name: &str, bytes: &[u8]) -> FileOutcome {
-        match self.analyse_inner(name, bytes) {
+    fn analyse_one(&self, name: &str, bytes: &[u8], ticket: Announced) -> FileOutcome {
+        match self.analyse_inner(name, bytes, ticket) {
             Ok(o) => o,
             Err(e) => FileOutcome {
                 name: name.to_string(),
@@ -117,7 +128,13 @@ impl EngineBackend {
     /// Decodes, embeds and describes `bytes`; the record is not stored. A file that cannot be
     /// decoded is the caller's 4xx, naming it; the engine failing is a 500. No lock is held
     /// while the forward pass runs.
-    fn embed_record(&self, name: &str, hash: &str, bytes: &[u8]) -> Result<Record, ApiError> {
+    fn embed_record(
+        &self,
+        name: &str,
+        hash: &str,
+        bytes: &[u8],
+        ticket: Announced,
+    ) -> Result<Record, ApiError> {
         let ws = &self.inner.ws;
         let t = Instant::now();
         // Decoding is CPU work: a few at a time, whatever the number of uploads in progress,
@@ -136,9 +153,7 @@ impl EngineBackend {
         };
         let decode_ms = ms(t);
         let t = Instant::now();
-        let (visual, classes) = self
-            .inner
-            .batcher
+        let (visual, classes) = ticket
             .embed(pixels, TEXT_LABELS)
             .map_err(|e| internal(format!("embedding failed: {e:#}")))?;
         let mut embed_ms = ms(t);
@@ -253,7 +268,12 @@ impl EngineBackend {
         }
     }
 
-    fn analyse_inner(&self, name: &str, bytes: &[u8]) -> Result<FileOutcome, ApiError> {
+    fn analyse_inner(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        ticket: Announced,
+    ) -> Result<FileOutcome, ApiError> {
         if bytes.is_empty() {
             metrics::counter!("kadr_refused_files_total", "kind" => "empty").increment(1);
             return Ok(self.refused(name, ApiError::file(422, name, "empty file")));
@@ -273,7 +293,7 @@ impl EngineBackend {
                 cached: true,
             });
         }
-        let record = match self.embed_record(name, &hash, bytes) {
+        let record = match self.embed_record(name, &hash, bytes, ticket) {
             Ok(r) => r,
             Err(why) => return Ok(self.refused(name, why)),
         };
@@ -332,12 +352,10 @@ impl EngineBackend {
         record.map(|r| self.to_analysis(r, None)).transpose()
     }
 
+    /// The analysis of `hash`: stored, or (an indexed image seen for the first time) made now.
     pub(super) fn analysis_of(&self, hash: &str) -> Result<Analysis, ApiError> {
-        let record = lock(&self.inner.history)?
-            .get(self.model(), hash)
-            .map_err(internal)?;
-        if let Some(r) = record {
-            return self.to_analysis(r, None);
+        if let Some(a) = self.stored_analysis(hash)? {
+            return Ok(a);
         }
         // An indexed image: analyse its file (once) so it gets a page like any upload.
         let row = self
@@ -353,7 +371,8 @@ impl EngineBackend {
         };
         let bytes = std::fs::read(&row.path)
             .map_err(|e| ApiError::not_found(format!("{} is gone: {e}", row.path)))?;
-        let mut record = self.embed_record(&self.relative(&row.path), hash, &bytes)?;
+        let ticket = self.inner.batcher.announce();
+        let mut record = self.embed_record(&self.relative(&row.path), hash, &bytes, ticket)?;
         record.indexed_category = Some(row.category);
         lock(&self.inner.history)?
             .put(self.model(), &record)
