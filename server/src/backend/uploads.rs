@@ -34,23 +34,19 @@ impl EngineBackend {
         let mut out = Vec::with_capacity(files.len());
         let mut files = files.into_iter().peekable();
         while files.peek().is_some() {
-            let round: Vec<_> = files.by_ref().take(per_round).collect();
-            // Announced before any is decoded, so the pass waits for the whole round.
-            let tickets: Vec<_> = round
-                .iter()
-                .map(|(_, b)| b.is_ok().then(|| self.inner.batcher.announce()))
+            // Every readable file is announced before any is decoded, so the pass waits for
+            // the whole round.
+            let round: Vec<_> = files
+                .by_ref()
+                .take(per_round)
+                .map(|(name, bytes)| (name, bytes.map(|b| (b, self.inner.batcher.announce()))))
                 .collect();
             std::thread::scope(|scope| {
                 let handles: Vec<_> = round
                     .into_iter()
-                    .zip(tickets)
-                    .map(|((name, bytes), ticket)| {
-                        scope.spawn(move || match bytes {
-                            Ok(bytes) => {
-                                let ticket =
-                                    ticket.unwrap_or_else(|| self.inner.batcher.announce());
-                                self.analyse_one(&name, &bytes, ticket)
-                            }
+                    .map(|(name, file)| {
+                        scope.spawn(move || match file {
+                            Ok((bytes, ticket)) => self.analyse_one(&name, &bytes, ticket),
                             Err(why) => self.refused(&name, why),
                         })
                     })
@@ -148,8 +144,8 @@ impl EngineBackend {
             })?;
             let pixels =
                 kadr_engine::preprocess::preprocess(&img, &ws.embedder().preprocess_spec());
-            let keep = self.inner.vlm.is_some().then_some(img.clone());
-            (pixels, img.dimensions(), keep)
+            let dims = img.dimensions();
+            (pixels, dims, self.inner.vlm.is_some().then_some(img))
         };
         let decode_ms = ms(t);
         let t = Instant::now();
