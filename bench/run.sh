@@ -6,7 +6,7 @@
 #
 # Environment:
 #   BENCH_PROFILE  dev (default): `cargo run --example bench_pipeline` on the dev profile, which
-#                  reuses the dev build of FAISS (dependencies and kadr are at opt-level 3; debug
+#                  reuses the dev build of FAISS (dependencies and kadr's kernels are at opt-level 3; debug
 #                  assertions stay on); release: the same example with `--release` (a second
 #                  FAISS build from source, ~15 minutes the first time).
 #   BENCH_DATA     comma-separated dataset folders [data/tuxpaint8,data/fashion10k]; the two

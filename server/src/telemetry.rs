@@ -169,12 +169,10 @@ pub fn peak_resident_bytes() -> u64 {
 }
 
 /// `GET /metrics`: the Prometheus text format, with the process gauges read now.
-pub async fn render(index_size: Option<u64>) -> Response {
+pub async fn render(index_size: u64) -> Response {
     metrics::gauge!("kadr_process_resident_memory_bytes").set(resident_bytes() as f64);
     metrics::gauge!("kadr_process_peak_resident_memory_bytes").set(peak_resident_bytes() as f64);
-    if let Some(n) = index_size {
-        metrics::gauge!("kadr_index_vectors").set(n as f64);
-    }
+    metrics::gauge!("kadr_index_vectors").set(index_size as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         prometheus().render(),

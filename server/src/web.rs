@@ -144,7 +144,7 @@ pub fn router(site_root: PathBuf, backend: EngineBackend, auth: Option<Arc<Auth>
                 let b = metrics_backend.clone();
                 async move {
                     metrics::gauge!("kadr_batch_size_mean").set(b.mean_batch_size());
-                    crate::telemetry::render(b.index_len_now()).await
+                    crate::telemetry::render(b.index_len()).await
                 }
             }),
         )

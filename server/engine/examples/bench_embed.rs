@@ -11,7 +11,9 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use kadr_engine::embed::{parse_device, parse_dtype, Embedder};
+use clap::ValueEnum;
+use kadr_engine::embed::{parse_device, Embedder};
+use kadr_engine::settings::Dtype;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -27,8 +29,8 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// `f32`, `f16`, `bf16` or `auto`.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Dtype,
     /// Comma-separated batch sizes.
     #[arg(long, default_value = "1,32", value_delimiter = ',')]
     batches: Vec<usize>,
@@ -89,7 +91,11 @@ fn check(e: &Embedder, file: &PathBuf) -> Result<serde_json::Value> {
 fn main() -> Result<()> {
     let a = Args::parse();
     let device = parse_device(&a.device)?;
-    let dtype = parse_dtype(&a.dtype, &device)?;
+    let dtype = a.dtype.resolve(&device);
+    let dtype_name = a
+        .dtype
+        .to_possible_value()
+        .map(|v| v.get_name().to_string());
     let max_batch = a.batches.iter().copied().max().unwrap_or(1);
     let t = Instant::now();
     let e = Embedder::load_as(&a.model, &a.weights, device.clone(), dtype, max_batch)?;
@@ -133,7 +139,7 @@ fn main() -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "impl": "kadr", "model": a.model, "device": a.device, "dtype": a.dtype,
+                "impl": "kadr", "model": a.model, "device": a.device, "dtype": dtype_name,
                 "batch": b, "iters": n,
                 "ms_per_batch": forward_s * 1e3, "ips": b as f64 / forward_s,
                 "embed_call_ips": b as f64 / embed_s,

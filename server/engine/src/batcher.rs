@@ -48,14 +48,18 @@ impl BatchConfig {
         }
     }
 
+    /// Most images in one pass: `max_batch`, or 1 with batching off.
+    pub fn pass_size(&self) -> usize {
+        if self.enabled {
+            self.max_batch.max(1)
+        } else {
+            1
+        }
+    }
+
     /// Requests that can be in a pass or gathering for one at the same time.
     pub fn in_flight(&self) -> usize {
-        self.workers.max(1)
-            * if self.enabled {
-                self.max_batch.max(1)
-            } else {
-                1
-            }
+        self.workers.max(1) * self.pass_size()
     }
 }
 
@@ -92,10 +96,7 @@ impl Announced {
         // always sees one or the other.
         let answer = self.batcher.submit(data, top_k)?;
         drop(self);
-        answer
-            .recv()
-            .map_err(|_| anyhow!("an embedding worker stopped during the pass"))?
-            .map_err(|e| anyhow!(e))
+        wait_for(answer)
     }
 }
 
@@ -141,10 +142,7 @@ impl Batcher {
     /// The L2-normalised embedding and top-`top_k` classes of one preprocessed image, from a
     /// pass shared with whatever other requests arrived meanwhile. Blocks until it is done.
     pub fn embed(&self, data: Vec<f32>, top_k: usize) -> Result<(Vec<f32>, TopClasses)> {
-        self.submit(data, top_k)?
-            .recv()
-            .map_err(|_| anyhow!("an embedding worker stopped during the pass"))?
-            .map_err(|e| anyhow!(e))
+        wait_for(self.submit(data, top_k)?)
     }
 
     /// Says an image is on its way (being decoded): passes wait for it, up to the wait.
@@ -174,12 +172,16 @@ impl Batcher {
     }
 }
 
+/// A submitted request's answer, once its pass is done.
+fn wait_for(answer: Receiver<Answer>) -> Result<(Vec<f32>, TopClasses)> {
+    answer
+        .recv()
+        .map_err(|_| anyhow!("an embedding worker stopped during the pass"))?
+        .map_err(|e| anyhow!(e))
+}
+
 fn worker(rx: &Receiver<Job>, embedder: &Embedder, counters: &Counters, config: BatchConfig) {
-    let max = if config.enabled {
-        config.max_batch.max(1)
-    } else {
-        1
-    };
+    let max = config.pass_size();
     while let Ok(first) = rx.recv() {
         let deadline = Instant::now() + config.wait;
         let mut jobs = vec![first];

@@ -177,22 +177,6 @@ fn keep_large_allocations() {
     }
 }
 
-/// Parses `DTYPE`: `f32`, `f16`, `bf16`, or `auto` (f16 on a GPU, f32 on the CPU, where
-/// half precision has no fast kernels).
-pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType> {
-    match spec.trim().to_ascii_lowercase().as_str() {
-        "auto" | "" => Ok(if device.is_cpu() {
-            DType::F32
-        } else {
-            DType::F16
-        }),
-        "f32" | "float32" => Ok(DType::F32),
-        "f16" | "float16" | "half" => Ok(DType::F16),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        _ => bail!("bad DTYPE {spec:?}: use auto, f32, f16 or bf16"),
-    }
-}
-
 /// A loaded backbone on a device, with its identity and batch size.
 pub struct Embedder {
     backbone: Box<dyn Backbone>,
@@ -343,14 +327,6 @@ impl Embedder {
     pub fn embed_images(&self, imgs: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
         let data = preprocess_batch(imgs, &self.preprocess_spec());
         self.embed_preprocessed(&data, imgs.len())
-    }
-
-    /// The L2-normalised embedding and the top-`k` (class index, probability) of one image,
-    /// from one forward pass.
-    pub fn embed_and_classify(&self, img: &RgbImage, k: usize) -> Result<(Vec<f32>, TopClasses)> {
-        let data = preprocess_batch(std::slice::from_ref(img), &self.preprocess_spec());
-        let mut out = self.forward(&data, 1, k)?;
-        Ok((out.vectors.remove(0), out.top.remove(0)))
     }
 
     /// Top-`k` (class index, probability) of the backbone's classifier for one image.

@@ -14,7 +14,7 @@ pub const DEFAULT_MODEL: &str = "tf_efficientnet_lite0";
 pub use kadr_types::vote::{DEFAULT_K, DEFAULT_MIN_SIMILARITY};
 /// Images per forward pass.
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
-/// Longest a forward pass waits for more concurrent requests to join its batch (ms).
+/// Longest a forward pass waits for uploads announced (being decoded) to join it (ms).
 pub const DEFAULT_BATCH_WAIT_MS: u64 = 5;
 /// Address `kadr serve` listens on.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
@@ -31,8 +31,9 @@ pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 100_000_000;
 /// Requests per second each client may make on average (0: no limit), and the burst above it.
 pub const DEFAULT_RATE_LIMIT: u32 = 50;
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
-/// Upload requests embedding at once; more wait in a queue of at most `QUEUE_DEPTH`, for at
-/// most `QUEUE_TIMEOUT` seconds, and are answered 503 beyond that.
+/// Forward passes for uploads that run at once. `EMBED_WORKERS × MAX_BATCH_SIZE` uploads may be
+/// in progress; more wait in a queue of at most `QUEUE_DEPTH`, for at most `QUEUE_TIMEOUT`
+/// seconds, and are answered 503 beyond that.
 pub const DEFAULT_EMBED_WORKERS: usize = 2;
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
 pub const DEFAULT_QUEUE_TIMEOUT_S: u64 = 60;
@@ -177,7 +178,9 @@ mod check {
         }
     }
 
-    pub fn non_empty_path(s: &str) -> Result<PathBuf, String> {
+    /// A path as given; an empty one (a stray `:`) is kept, and later skipped as a root that
+    /// does not resolve, as `std::env::split_paths` did.
+    pub fn path_or_empty(s: &str) -> Result<PathBuf, String> {
         Ok(PathBuf::from(s))
     }
 }
@@ -320,7 +323,7 @@ pub struct Settings {
     )]
     pub log_file_level: String,
     /// `:`-separated folders the dataset page may add from [default: inside the served folders]
-    #[arg(long, env = "DATA_ROOTS", value_name = "DATA_ROOTS", value_delimiter = ':', value_parser = check::non_empty_path, global = true)]
+    #[arg(long, env = "DATA_ROOTS", value_name = "DATA_ROOTS", value_delimiter = ':', value_parser = check::path_or_empty, global = true)]
     pub data_roots: Vec<PathBuf>,
     /// Comma-separated origins allowed to call the API from other sites
     #[arg(

@@ -524,16 +524,17 @@ impl Workspace {
     pub fn remove_paths(&self, paths: &[String]) -> Result<usize> {
         let _writer = lock(&self.writer);
         let model = self.embedder.model_id().to_string();
-        let n = {
-            let mut store = self.store();
-            let mut ids = Vec::new();
-            for p in paths {
-                if let Some((id, _)) = store.hash_of_path(&model, p)? {
-                    ids.push(id);
-                }
+        let mut store = self.store();
+        let mut ids = Vec::new();
+        for p in paths {
+            if let Some((id, _)) = store.hash_of_path(&model, p)? {
+                ids.push(id);
             }
-            let n = store.remove(&ids)?;
-            drop(store);
+        }
+        let n = store.remove(&ids)?;
+        drop(store);
+        // The write guard ends with this block: the checkpoint below reads the index.
+        {
             let mut index = self.index_mut();
             match &mut *index {
                 Some(index) if self.kind.supports_remove() => {
@@ -544,8 +545,7 @@ impl Workspace {
                     self.rebuild_index_locked()?
                 }
             }
-            n
-        };
+        }
         self.checkpoint()?;
         Ok(n)
     }

@@ -86,15 +86,7 @@ mod tests {
             .unwrap()
             .clamp(0f32, 6f32)
             .unwrap();
-        let d = (fused - plain)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(kadr_testkit::max_abs_diff(&fused, &plain), 0.0);
     }
 
     #[test]

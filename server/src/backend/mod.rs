@@ -201,8 +201,8 @@ impl EngineBackend {
     }
 
     /// Vectors in the index now (never waits for embedding).
-    pub fn index_len_now(&self) -> Option<u64> {
-        Some(self.inner.ws.len() as u64)
+    pub fn index_len(&self) -> u64 {
+        self.inner.ws.len() as u64
     }
 
     /// Mean images per forward pass of the upload batcher so far.
