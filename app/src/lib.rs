@@ -33,6 +33,7 @@ pub mod backend {
     use crate::errors::ApiError;
     use crate::types::*;
     use crate::vote::VoteConfig;
+    pub use kadr_types::filter::Filter;
 
     /// A place in the embedding queue (see [`Backend::admit`]), freed when dropped.
     pub type QueueSlot = Box<dyn Send + Sync>;
@@ -58,10 +59,15 @@ pub mod backend {
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<QueueSlot, ApiError>> + Send + '_>,
         >;
-        /// The analysis of content `hash`: an upload analysed before, or an indexed image.
-        fn analysis(&self, hash: &str) -> Result<Analysis, ApiError>;
+        /// The analysis of content `hash`: an upload analysed before, or an indexed image;
+        /// its hits are the indexed images `filter` lets through.
+        fn analysis(&self, hash: &str, filter: &Filter) -> Result<Analysis, ApiError>;
         /// The analysis of content `hash` if one is stored (a search, no embedding).
-        fn cached_analysis(&self, hash: &str) -> Result<Option<Analysis>, ApiError>;
+        fn cached_analysis(
+            &self,
+            hash: &str,
+            filter: &Filter,
+        ) -> Result<Option<Analysis>, ApiError>;
         /// Dashboard figures under a vote configuration.
         fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError>;
         /// Starts a background job.

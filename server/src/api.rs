@@ -12,6 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use kadr_engine::index::Filter;
 use kadr_engine::submit::{write_csv, Prediction, NEIGHBOURS};
 use std::collections::HashMap;
 
@@ -213,7 +214,7 @@ async fn export_csv(
 ) -> Result<Response, Failure> {
     let body = blocking(move || {
         let (hashes, tuning, cfg) = export_request(&backend, &q)?;
-        let analyses = backend.analyses(&hashes)?;
+        let analyses = backend.analyses(&hashes, &Filter::all())?;
         export_rows(&analyses, &tuning, &cfg).map_err(|e| ApiError::internal(e.to_string()))
     })
     .await?;
@@ -295,14 +296,16 @@ pub fn export_rows(
 
 /// `GET /api/v1/submission.csv?hashes=..`: the engine's submission format (see
 /// [`crate::submit`]) for a batch of analyses: voted category under the tuning, and the ten
-/// nearest indexed images.
+/// nearest indexed `train/` and `valid/` images.
 async fn submission_csv(
     State(backend): State<EngineBackend>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
     let body = blocking(move || {
         let (hashes, _, cfg) = export_request(&backend, &q)?;
-        let analyses = backend.analyses(&hashes)?;
+        // Votes and neighbours come from the labelled references only (train and valid), as
+        // in `kadr submit`: never from other test images.
+        let analyses = backend.analyses(&hashes, &Filter::references())?;
         let predictions: Vec<Prediction> = analyses
             .iter()
             .map(|a| {

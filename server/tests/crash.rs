@@ -116,7 +116,7 @@ fn kill_9_while_indexing_loses_at_most_a_batch_and_resumes() {
     let rest = TOTAL - kept;
     assert!(
         out.contains(&format!(
-            "{TOTAL} images, {rest} embedded, 0 reused, {kept} unchanged, 0 unreadable; index holds {TOTAL}"
+            "{TOTAL} images, {rest} embedded, 0 reused, {kept} unchanged, 0 removed (files gone), 0 unreadable; index holds {TOTAL} (faiss flat)"
         )),
         "{out}"
     );
@@ -161,14 +161,11 @@ fn a_damaged_index_file_is_rebuilt_and_a_damaged_store_says_what_to_do() {
     assert_eq!(neighbours(&home, &w, &q), before);
 
     // An index of another dimension (another model's file copied over): rebuilt too.
-    let other = kadr_engine::index::VectorIndex::build(
-        kadr_engine::index::IndexKind::Flat,
-        8,
-        &(0..6).collect::<Vec<i64>>(),
-        &[0.5f32; 48],
-    )
-    .unwrap();
-    other.save(&index).unwrap();
+    use kadr_engine::index::VectorIndex;
+    let other = kadr_engine::index::FaissIndex::exact(8, &[0.5f32; 48])
+        .unwrap()
+        .with_path(&index);
+    other.persist().unwrap();
     assert_eq!(neighbours(&home, &w, &q), before);
 
     // A damaged store is not guessed at: the error names it and the way out.

@@ -482,7 +482,7 @@ pub fn ResultPage() -> impl IntoView {
     let params = use_params_map();
     let hash = move || params.with(|p| p.get("hash").unwrap_or_default());
     let defaults = Resource::new(|| (), |_| get_defaults());
-    let analysis = Resource::new(hash, get_analysis);
+    let analysis = Resource::new(hash, |h| get_analysis(h, None, None));
     view! {
         <Suspense fallback=|| view! { <p>"Loading…"</p> }>
             {move || Suspend::new(async move {

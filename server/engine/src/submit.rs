@@ -5,7 +5,7 @@
 //! votes, 0–1), then `neighbour_1`, `score_1`, … `neighbour_10`, `score_10`: the ten most similar
 //! reference images (train and valid) and their cosine similarities, best first.
 
-use crate::index::{IndexKind, VectorIndex};
+use crate::index::{FaissIndex, Filter, VectorIndex};
 use crate::vote::{vote, VoteConfig};
 use anyhow::Result;
 use serde::Serialize;
@@ -40,14 +40,13 @@ pub fn predict(
         "no labelled reference images (train/ or valid/) to vote with"
     );
     let dim = references[0].embedding.len();
-    let ids: Vec<i64> = (0..references.len() as i64).collect();
     let data: Vec<f32> = references
         .iter()
         .flat_map(|r| r.embedding.iter().copied())
         .collect();
-    let index = VectorIndex::build(IndexKind::Flat, dim, &ids, &data)?;
+    let index = FaissIndex::exact(dim, &data)?;
     let qdata: Vec<f32> = queries.iter().flat_map(|q| q.1.iter().copied()).collect();
-    let hits = index.search(&qdata, NEIGHBOURS.max(cfg.k))?;
+    let hits = index.search(&qdata, NEIGHBOURS.max(cfg.k), &Filter::all())?;
     Ok(queries
         .iter()
         .zip(hits)

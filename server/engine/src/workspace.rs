@@ -1,7 +1,9 @@
 //! Workspace: the engine on disk. Ties the metadata store, the FAISS index and the embedders
 //! together: index folders incrementally (content-hash skips, embeddings reused by hash),
-//! search by image or vector, and keep the index file consistent with the store — a stale or
-//! damaged index file is rebuilt from the store's vectors, so a crash loses at most one batch.
+//! search by image or vector (filtered by split and category), and keep the vector index
+//! consistent with the store — a stale or damaged FAISS file is rebuilt from the store's
+//! vectors, a Milvus collection that disagrees with the store is reconciled id by id, so a
+//! crash loses at most one batch. Re-indexing a folder removes the files that are gone.
 //! The index holds one space: the visual embeddings, or (`EMBEDDING=fused`) those fused with
 //! the embeddings of each image's text (`fusion`), whose text vectors the store keeps too.
 //!
@@ -15,7 +17,7 @@ use crate::dataset::LabeledFile;
 use crate::decode::decode;
 use crate::embed::Embedder;
 use crate::fusion::{image_text, EmbeddingKind, Fusion};
-use crate::index::{Hit, IndexKind, VectorIndex};
+use crate::index::{Backend, Entry, FaissIndex, Filter, Hit, IndexConfig, IndexKind, VectorIndex};
 use crate::settings::{Settings, IMAGE_TEXT_LABELS};
 use crate::store::{ImageRow, NewImage, Store, WithText};
 use anyhow::{Context, Result};
@@ -23,9 +25,16 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
-/// Batches between index checkpoints while indexing (the store commits every batch).
-const CHECKPOINT_EVERY: usize = 20;
+/// Least time between index checkpoints while indexing (the store commits every batch, so a
+/// crash costs only a rebuild from it): writing a large index after every batch would spend
+/// the job rewriting one file.
+const CHECKPOINT_MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// A checkpoint waits at least this many times as long as the last one took.
+const CHECKPOINT_COST_FACTOR: u32 = 10;
+/// Vectors sent to an index per call when reconciling it with the store.
+const RECONCILE_CHUNK: usize = 4096;
 
 /// What an indexing run did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -38,6 +47,8 @@ pub struct IndexReport {
     pub skipped: usize,
     /// Files that could not be read or decoded, with the reason.
     pub failed: Vec<(String, String)>,
+    /// Images indexed before whose files are gone from the folder, now removed.
+    pub removed: usize,
 }
 
 /// A search result.
@@ -63,11 +74,14 @@ pub struct Workspace {
     fusion: Option<Fusion>,
     /// What the index holds: the embedder's model id, or the fused space's id.
     space_id: String,
-    index: RwLock<Option<VectorIndex>>,
-    kind: IndexKind,
+    index: RwLock<Option<Box<dyn VectorIndex>>>,
+    config: IndexConfig,
+    /// The FAISS file (`INDEX_BACKEND=faiss`).
     index_path: PathBuf,
     /// Held by whoever changes what is indexed, so changes do not interleave.
     writer: Mutex<()>,
+    /// When the index was last made durable, and how long that took.
+    last_checkpoint: Mutex<(Instant, Duration)>,
 }
 
 /// A poisoned lock means a thread panicked mid-change; the store's transactions keep the data
@@ -79,7 +93,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Workspace {
     /// Opens the workspace in `settings.home` with the configured model(s).
     pub fn open(settings: &Settings) -> Result<Self> {
-        let kind = settings.index_kind;
+        let config = settings.index_config();
         let space = settings.embedding;
         let embedder = Embedder::from_settings(settings)?;
         let fusion = match space {
@@ -89,7 +103,7 @@ impl Workspace {
                 settings.fusion_weight,
             )?),
         };
-        Self::open_fused(&settings.home, embedder, fusion, kind)
+        Self::open_configured(&settings.home, embedder, fusion, config)
     }
 
     /// Opens the workspace in `home` with a loaded embedder, in the visual space.
@@ -105,6 +119,23 @@ impl Workspace {
         fusion: Option<Fusion>,
         kind: IndexKind,
     ) -> Result<Self> {
+        Self::open_configured(home, embedder, fusion, IndexConfig::faiss(kind))
+    }
+
+    /// Opens the workspace in `home` with a loaded embedder, the fused space when `fusion` is
+    /// given, and the vector index `config` chooses.
+    pub fn open_configured(
+        home: &Path,
+        embedder: Embedder,
+        fusion: Option<Fusion>,
+        config: IndexConfig,
+    ) -> Result<Self> {
+        if config.backend == Backend::Milvus && !cfg!(feature = "milvus") {
+            anyhow::bail!(
+                "INDEX_BACKEND=milvus needs a kadr built with the milvus feature \
+                 (cargo build --features milvus); this one has FAISS only"
+            );
+        }
         std::fs::create_dir_all(home)
             .with_context(|| format!("creating workspace {}", home.display()))?;
         let store = Store::open(&home.join("kadr.sqlite"))?;
@@ -122,16 +153,18 @@ impl Workspace {
                 }
             })
             .collect();
-        let index_path = home.join(format!("index-{safe_id}-{kind:?}.faiss").to_lowercase());
+        let index_path =
+            home.join(format!("index-{safe_id}-{:?}.faiss", config.kind()).to_lowercase());
         let ws = Self {
             store: Mutex::new(store),
             embedder: Arc::new(embedder),
             fusion,
             space_id,
             index: RwLock::new(None),
-            kind,
+            config,
             index_path,
             writer: Mutex::new(()),
+            last_checkpoint: Mutex::new((Instant::now(), Duration::ZERO)),
         };
         ws.backfill_texts()?;
         ws.load_or_rebuild_index()?;
@@ -210,14 +243,23 @@ impl Workspace {
             .collect())
     }
 
+    /// The meta key under which the fingerprint of the indexed state is kept.
     fn meta_key(&self) -> String {
-        format!(
-            "index:{}",
-            self.index_path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-        )
+        match self.config.backend {
+            Backend::Faiss => format!(
+                "index:{}",
+                self.index_path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+            ),
+            Backend::Milvus => format!(
+                "index:milvus:{}:{}:{:?}",
+                self.config.milvus_uri,
+                self.space_id,
+                self.config.kind()
+            ),
+        }
     }
 
     /// What the index must contain, as the store sees it.
@@ -230,31 +272,185 @@ impl Workspace {
         }
     }
 
-    /// Uses the saved index if it matches the store exactly; otherwise rebuilds it.
+    /// Uses the saved index if it matches the store exactly; otherwise rebuilds a FAISS
+    /// index, or reconciles a Milvus collection with the store.
     fn load_or_rebuild_index(&self) -> Result<()> {
+        let _writer = lock(&self.writer);
         let fingerprint = self.fingerprint()?;
-        let saved = self.store().meta(&self.meta_key())?;
-        if self.index_path.is_file() && saved.as_deref() == Some(fingerprint.as_str()) {
-            match VectorIndex::load(&self.index_path, self.kind) {
-                Ok(index) => match self.expected_dim()? {
-                    // An index file of another model or space (copied over, say) is rebuilt.
-                    Some(dim) if dim != index.dim() => tracing::warn!(
-                        "{} holds {}-d vectors, the model gives {dim}-d: rebuilding it",
-                        self.index_path.display(),
-                        index.dim()
-                    ),
-                    _ => {
-                        *self.index.write().unwrap_or_else(|p| p.into_inner()) = Some(index);
-                        return Ok(());
+        let trusted = self.store().meta(&self.meta_key())?.as_deref() == Some(fingerprint.as_str());
+        match self.config.backend {
+            Backend::Faiss => {
+                if trusted && self.index_path.is_file() {
+                    match self.load_faiss() {
+                        Ok(Some(index)) => {
+                            *self.index_mut() = Some(Box::new(index));
+                            return Ok(());
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(
+                            "{} is unreadable, rebuilding it from the store: {e:#}",
+                            self.index_path.display()
+                        ),
                     }
-                },
-                Err(e) => tracing::warn!(
-                    "{} is unreadable, rebuilding it from the store: {e:#}",
-                    self.index_path.display()
-                ),
+                }
+                self.rebuild_index_locked()
+            }
+            Backend::Milvus => {
+                let Some(dim) = self.expected_dim()? else {
+                    return Ok(());
+                };
+                let index = self.open_milvus(dim)?;
+                let stored = self.space_entries()?.len();
+                let index = if trusted && index.len() == stored {
+                    index
+                } else {
+                    self.reconcile(index)?
+                };
+                *self.index_mut() = Some(index);
+                self.checkpoint()
             }
         }
-        self.rebuild_index()
+    }
+
+    /// The saved FAISS file, if it is of this space's dimension.
+    fn load_faiss(&self) -> Result<Option<FaissIndex>> {
+        let index = FaissIndex::load(&self.index_path, self.config.faiss, &self.space_entries()?)?;
+        Ok(match self.expected_dim()? {
+            // An index file of another model or space (copied over, say) is rebuilt.
+            Some(dim) if dim != index.dim() => {
+                tracing::warn!(
+                    "{} holds {}-d vectors, the model gives {dim}-d: rebuilding it",
+                    self.index_path.display(),
+                    index.dim()
+                );
+                None
+            }
+            _ => Some(index),
+        })
+    }
+
+    #[cfg(feature = "milvus")]
+    fn open_milvus(&self, dim: usize) -> Result<Box<dyn VectorIndex>> {
+        let cfg = crate::index::milvus::MilvusConfig::from(&self.config);
+        Ok(Box::new(crate::index::milvus::MilvusIndex::open(
+            &cfg,
+            &self.space_id,
+            dim,
+        )?))
+    }
+
+    #[cfg(not(feature = "milvus"))]
+    fn open_milvus(&self, _dim: usize) -> Result<Box<dyn VectorIndex>> {
+        anyhow::bail!("this kadr was built without the milvus feature")
+    }
+
+    /// Brings an index that can list its ids in line with the store: removes what the store
+    /// no longer has, adds what it lacks. One that cannot list them is rebuilt.
+    fn reconcile(&self, mut index: Box<dyn VectorIndex>) -> Result<Box<dyn VectorIndex>> {
+        let Some(have) = index.ids()? else {
+            let (entries, data) = self.space_vectors_all()?;
+            return self.new_index(data.len() / entries.len().max(1), &entries, &data);
+        };
+        let want: std::collections::BTreeSet<i64> =
+            self.space_entries()?.iter().map(|e| e.id).collect();
+        let have: std::collections::BTreeSet<i64> = have.into_iter().collect();
+        let extra: Vec<i64> = have.difference(&want).copied().collect();
+        let missing: Vec<i64> = want.difference(&have).copied().collect();
+        if !extra.is_empty() || !missing.is_empty() {
+            tracing::info!(
+                "{}: adding {} vectors the store has, removing {} it has not",
+                index.describe(),
+                missing.len(),
+                extra.len()
+            );
+        }
+        if !extra.is_empty() {
+            index.remove(&extra)?;
+        }
+        for chunk in missing.chunks(RECONCILE_CHUNK) {
+            let (entries, data) = self.space_vectors_of(chunk)?;
+            index.add(&entries, &data)?;
+        }
+        Ok(index)
+    }
+
+    /// A new index of the configured backend over these vectors (a Milvus collection is
+    /// emptied first).
+    fn new_index(
+        &self,
+        dim: usize,
+        entries: &[Entry],
+        data: &[f32],
+    ) -> Result<Box<dyn VectorIndex>> {
+        match self.config.backend {
+            Backend::Faiss => Ok(Box::new(
+                FaissIndex::build(self.config.faiss, dim, entries, data)?
+                    .with_path(&self.index_path),
+            )),
+            Backend::Milvus => {
+                #[cfg(feature = "milvus")]
+                {
+                    let cfg = crate::index::milvus::MilvusConfig::from(&self.config);
+                    let mut m = crate::index::milvus::MilvusIndex::open(&cfg, &self.space_id, dim)?;
+                    m.recreate()?;
+                    for (e, d) in entries
+                        .chunks(RECONCILE_CHUNK)
+                        .zip(data.chunks(RECONCILE_CHUNK * dim))
+                    {
+                        m.add(e, d)?;
+                    }
+                    Ok(Box::new(m))
+                }
+                #[cfg(not(feature = "milvus"))]
+                {
+                    let _ = (dim, entries, data);
+                    anyhow::bail!("this kadr was built without the milvus feature")
+                }
+            }
+        }
+    }
+
+    /// The ids (with split and category) this space's index must hold.
+    fn space_entries(&self) -> Result<Vec<Entry>> {
+        match &self.fusion {
+            None => self.store().entries(self.embedder.model_id()),
+            Some(f) => self
+                .store()
+                .entries_with_text(self.embedder.model_id(), f.text.model_id()),
+        }
+    }
+
+    /// Every vector of this space, from the store.
+    fn space_vectors_all(&self) -> Result<(Vec<Entry>, Vec<f32>)> {
+        self.space_vectors_where(None)
+    }
+
+    /// The vectors of this space under `ids`, from the store.
+    fn space_vectors_of(&self, ids: &[i64]) -> Result<(Vec<Entry>, Vec<f32>)> {
+        self.space_vectors_where(Some(ids))
+    }
+
+    fn space_vectors_where(&self, ids: Option<&[i64]>) -> Result<(Vec<Entry>, Vec<f32>)> {
+        let model = self.embedder.model_id();
+        match &self.fusion {
+            None => match ids {
+                None => self.store().all_vectors(model),
+                Some(ids) => self.store().vectors_of(model, ids),
+            },
+            Some(f) => {
+                let text_model = f.text.model_id();
+                let pairs = match ids {
+                    None => self.store().all_vector_pairs(model, text_model)?,
+                    Some(ids) => self.store().vector_pairs_of(model, text_model, ids)?,
+                };
+                let (mut entries, mut data) = (Vec::new(), Vec::new());
+                for (e, v, t) in pairs {
+                    entries.push(e);
+                    data.extend(f.fuse(&v, &t));
+                }
+                Ok((entries, data))
+            }
+        }
     }
 
     /// The dimension of this space's vectors, from what the store holds.
@@ -274,53 +470,88 @@ impl Workspace {
 
     /// [`Self::rebuild_index`] for a caller that holds the writer's lock.
     fn rebuild_index_locked(&self) -> Result<()> {
-        let (ids, data) = match &self.fusion {
-            None => self.store().all_vectors(self.embedder.model_id())?,
-            Some(f) => {
-                let (mut ids, mut data) = (Vec::new(), Vec::new());
-                for (id, v, t) in self
-                    .store()
-                    .all_vector_pairs(self.embedder.model_id(), f.text.model_id())?
-                {
-                    ids.push(id);
-                    data.extend(f.fuse(&v, &t));
-                }
-                (ids, data)
-            }
-        };
-        let index = if ids.is_empty() {
+        let (entries, data) = self.space_vectors_all()?;
+        let index = if entries.is_empty() {
             None
         } else {
-            Some(VectorIndex::build(
-                self.kind,
-                data.len() / ids.len(),
-                &ids,
-                &data,
-            )?)
+            Some(self.new_index(data.len() / entries.len(), &entries, &data)?)
         };
+        if let Some(i) = &index {
+            tracing::info!("built {} over {} vectors", i.describe(), i.len());
+        }
         *self.index_mut() = index;
         self.checkpoint()
     }
 
-    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Option<VectorIndex>> {
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Option<Box<dyn VectorIndex>>> {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn index_ref(&self) -> std::sync::RwLockReadGuard<'_, Option<VectorIndex>> {
+    fn index_ref(&self) -> std::sync::RwLockReadGuard<'_, Option<Box<dyn VectorIndex>>> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Saves the index atomically, then records which store state it reflects.
-    /// Searches go on meanwhile: the file is written under the index's read lock.
+    /// Makes the index durable (FAISS: the file, atomically; Milvus: a flush), then records
+    /// which store state it reflects. Searches go on meanwhile: it runs under the index's
+    /// read lock.
     pub fn checkpoint(&self) -> Result<()> {
+        let started = Instant::now();
         let fingerprint = self.fingerprint()?;
         match &*self.index_ref() {
-            Some(index) => index.save(&self.index_path)?,
-            None => {
+            Some(index) => index.persist()?,
+            None if self.config.backend == Backend::Faiss => {
                 let _ = std::fs::remove_file(&self.index_path);
             }
+            None => {}
         }
-        self.store().set_meta(&self.meta_key(), &fingerprint)
+        self.store().set_meta(&self.meta_key(), &fingerprint)?;
+        *lock(&self.last_checkpoint) = (Instant::now(), started.elapsed());
+        Ok(())
+    }
+
+    /// After a job: if the backend counts other than the store (a Milvus server that lost
+    /// writes in a crash, say), reconciles it. The caller holds the writer's lock.
+    fn verify_index(&self) -> Result<()> {
+        let want = self.space_entries()?.len();
+        let have = match &*self.index_ref() {
+            Some(index) => index.count()?,
+            None => 0,
+        };
+        if have == want {
+            return Ok(());
+        }
+        tracing::warn!("the index holds {have} vectors, the store {want}: reconciling");
+        let index = self.index_mut().take();
+        let index = match index {
+            Some(index) => self.reconcile(index)?,
+            None => {
+                let (entries, data) = self.space_vectors_all()?;
+                self.new_index(data.len() / entries.len().max(1), &entries, &data)?
+            }
+        };
+        *self.index_mut() = Some(index);
+        self.checkpoint()
+    }
+
+    /// A checkpoint if the last one is long enough ago (at least [`CHECKPOINT_MIN_INTERVAL`],
+    /// and [`CHECKPOINT_COST_FACTOR`] times what it took), so a large job spends its time
+    /// indexing, not rewriting the index.
+    fn checkpoint_if_due(&self) -> Result<()> {
+        let (at, cost) = *lock(&self.last_checkpoint);
+        if at.elapsed() >= CHECKPOINT_MIN_INTERVAL.max(cost * CHECKPOINT_COST_FACTOR) {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// What holds the vectors (`"faiss flat"`, `"milvus hnsw kadr_… at …"`).
+    pub fn index_description(&self) -> String {
+        match &*self.index_ref() {
+            Some(i) => i.describe(),
+            None => {
+                format!("{:?} {:?} (empty)", self.config.backend, self.config.kind()).to_lowercase()
+            }
+        }
     }
 
     /// The embedder in use.
@@ -371,7 +602,7 @@ impl Workspace {
 
     /// Number of indexed vectors.
     pub fn len(&self) -> usize {
-        self.index_ref().as_ref().map_or(0, VectorIndex::len)
+        self.index_ref().as_ref().map_or(0, |i| i.len())
     }
 
     /// Whether nothing is indexed.
@@ -392,7 +623,7 @@ impl Workspace {
         let model = self.embedder.model_id().to_string();
         let spec = self.embedder.preprocess_spec();
         let mut done = 0;
-        for (n, chunk) in files.chunks(batch.max(1)).enumerate() {
+        for chunk in files.chunks(batch.max(1)) {
             // Read and hash in parallel; the store (one SQLite connection) is asked serially.
             let read: Vec<(String, std::io::Result<Vec<u8>>)> = chunk
                 .par_iter()
@@ -480,11 +711,10 @@ impl Workspace {
             self.add_rows(&rows)?;
             done += chunk.len();
             progress(done);
-            if (n + 1) % CHECKPOINT_EVERY == 0 {
-                self.checkpoint()?;
-            }
+            self.checkpoint_if_due()?;
         }
         self.checkpoint()?;
+        self.verify_index()?;
         Ok(report)
     }
 
@@ -496,26 +726,34 @@ impl Workspace {
         }
         let data = self.space_vectors(rows)?;
         let (ids, replaced) = self.store().insert_batch(self.embedder.model_id(), rows)?;
+        let entries: Vec<Entry> = ids
+            .iter()
+            .zip(rows)
+            .map(|(&id, r)| Entry {
+                id,
+                split: r.split.clone(),
+                category: r.category.clone(),
+            })
+            .collect();
         let mut index = self.index_mut();
-        match &mut *index {
-            Some(index) if replaced.is_empty() || self.kind.supports_remove() => {
+        let rebuild = match &mut *index {
+            Some(index) if replaced.is_empty() || index.supports_remove() => {
                 if !replaced.is_empty() {
                     index.remove(&replaced)?;
                 }
-                index.add(&ids, &data)?;
+                index.add(&entries, &data)?;
+                // An IVF that has outgrown its training.
+                index.wants_rebuild()
             }
-            Some(_) => {
-                drop(index);
-                self.rebuild_index_locked()?
-            }
+            Some(_) => true,
             None => {
-                *index = Some(VectorIndex::build(
-                    self.kind,
-                    data.len() / ids.len(),
-                    &ids,
-                    &data,
-                )?)
+                *index = Some(self.new_index(data.len() / ids.len(), &entries, &data)?);
+                false
             }
+        };
+        drop(index);
+        if rebuild {
+            self.rebuild_index_locked()?;
         }
         Ok(())
     }
@@ -523,6 +761,10 @@ impl Workspace {
     /// Removes images by path; returns how many were indexed.
     pub fn remove_paths(&self, paths: &[String]) -> Result<usize> {
         let _writer = lock(&self.writer);
+        self.remove_paths_locked(paths)
+    }
+
+    fn remove_paths_locked(&self, paths: &[String]) -> Result<usize> {
         let model = self.embedder.model_id().to_string();
         let mut store = self.store();
         let mut ids = Vec::new();
@@ -531,23 +773,51 @@ impl Workspace {
                 ids.push(id);
             }
         }
-        let n = store.remove(&ids)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let n = store.remove(&model, &ids)?;
         drop(store);
         // The write guard ends with this block: the checkpoint below reads the index.
-        {
-            let mut index = self.index_mut();
-            match &mut *index {
-                Some(index) if self.kind.supports_remove() => {
-                    index.remove(&ids)?;
-                }
-                _ => {
-                    drop(index);
-                    self.rebuild_index_locked()?
-                }
+        let rebuild = match &mut *self.index_mut() {
+            Some(index) if index.supports_remove() => {
+                index.remove(&ids)?;
+                false
             }
+            Some(_) => true,
+            None => false,
+        };
+        if rebuild {
+            self.rebuild_index_locked()?;
         }
         self.checkpoint()?;
         Ok(n)
+    }
+
+    /// Removes the stored images under `prefix` (a folder, ending in the path separator)
+    /// whose paths are not in `present`: files deleted since they were indexed. Returns how
+    /// many were removed.
+    pub fn remove_missing(
+        &self,
+        prefix: &str,
+        present: &std::collections::HashSet<String>,
+    ) -> Result<usize> {
+        let _writer = lock(&self.writer);
+        let gone: Vec<String> = self
+            .store()
+            .paths_under(self.embedder.model_id(), prefix)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| !present.contains(p))
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        tracing::info!(
+            "removing {} images whose files are gone from {prefix}",
+            gone.len()
+        );
+        self.remove_paths_locked(&gone)
     }
 
     /// Embeds image bytes (any supported format) into this workspace's space.
@@ -573,12 +843,13 @@ impl Workspace {
         Ok(f.fuse(&v, &t))
     }
 
-    /// The `k` most similar indexed images to an embedding.
-    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Neighbour>> {
+    /// The `k` most similar indexed images to an embedding among those `filter` lets
+    /// through.
+    pub fn search(&self, query: &[f32], k: usize, filter: &Filter) -> Result<Vec<Neighbour>> {
         let hits: Vec<Hit> = match &*self.index_ref() {
             None => return Ok(Vec::new()),
             Some(index) => index
-                .search(query, k)?
+                .search(query, k, filter)?
                 .into_iter()
                 .next()
                 .unwrap_or_default(),

@@ -8,7 +8,7 @@ use candle_core::Device;
 use kadr_engine::batcher::{BatchConfig, Batcher};
 use kadr_engine::dataset::scan;
 use kadr_engine::embed::{Embedder, TopClasses};
-use kadr_engine::index::IndexKind;
+use kadr_engine::index::{Filter, IndexKind};
 use kadr_engine::preprocess::preprocess;
 use kadr_engine::workspace::Workspace;
 use std::sync::{mpsc, Arc, Barrier};
@@ -161,7 +161,7 @@ fn search_is_answered_while_an_index_job_is_half_way() {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let searcher = std::thread::spawn(move || {
             go_rx.recv().unwrap();
-            let hits = ws2.search(&q, 3).unwrap();
+            let hits = ws2.search(&q, 3, &Filter::all()).unwrap();
             answered_tx.send(hits.len()).unwrap();
             ws2.len()
         });

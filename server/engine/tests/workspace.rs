@@ -8,7 +8,7 @@ use candle_core::Device;
 use kadr_engine::dataset::scan;
 use kadr_engine::embed::Embedder;
 use kadr_engine::fusion::Fusion;
-use kadr_engine::index::IndexKind;
+use kadr_engine::index::{Filter, IndexKind};
 use kadr_engine::text::TextEmbedder;
 use kadr_engine::workspace::Workspace;
 use std::path::Path;
@@ -40,7 +40,7 @@ fn index_search_reopen_and_recover() {
 
     let q_path = data.join("green/2.png");
     let q = ws.embed_bytes(&std::fs::read(&q_path).unwrap()).unwrap();
-    let hits = ws.search(&q, 5).unwrap();
+    let hits = ws.search(&q, 5, &Filter::all()).unwrap();
     assert!(hits[0].path.ends_with("green/2.png"));
     assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
     assert_eq!(hits[0].category, "green");
@@ -48,7 +48,7 @@ fn index_search_reopen_and_recover() {
 
     // Reopening gives identical results, and nothing is embedded twice.
     let ws = open(&home, &weights, IndexKind::Flat);
-    assert_eq!(ws.search(&q, 5).unwrap(), hits);
+    assert_eq!(ws.search(&q, 5, &Filter::all()).unwrap(), hits);
     let r = ws.index_files(&files, 5, &|_| {}).unwrap();
     assert_eq!((r.embedded, r.skipped), (0, 12));
 
@@ -69,7 +69,7 @@ fn index_search_reopen_and_recover() {
         1
     );
     assert_eq!(ws.len(), 12);
-    let after = ws.search(&q, 5).unwrap();
+    let after = ws.search(&q, 5, &Filter::all()).unwrap();
     drop(ws);
 
     // A damaged index file is rebuilt from the store with the same results.
@@ -81,12 +81,92 @@ fn index_search_reopen_and_recover() {
     }
     let ws = open(&home, &weights, IndexKind::Flat);
     assert_eq!(ws.len(), 12);
-    assert_eq!(ws.search(&q, 5).unwrap(), after);
+    assert_eq!(ws.search(&q, 5, &Filter::all()).unwrap(), after);
 
     // An approximate index over the same store finds the exact match too.
     let hnsw = open(&home, &weights, IndexKind::Hnsw);
     assert_eq!(hnsw.len(), 12);
-    assert_eq!(hnsw.search(&q, 1).unwrap()[0].path, after[0].path);
+    assert_eq!(
+        hnsw.search(&q, 1, &Filter::all()).unwrap()[0].path,
+        after[0].path
+    );
+}
+
+/// Searches filtered by split and category return only what passes, from inside the index;
+/// re-indexing a folder removes the images whose files were deleted and says how many; an IVF
+/// index is exact until it has enough vectors and is trained once it has.
+#[test]
+fn filters_removal_of_deleted_files_and_ivf_training() {
+    use kadr_engine::index::{FaissParams, IndexConfig};
+    use kadr_engine::jobs::index_folder;
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data.join("train"), &["red", "green", "blue"], 3);
+    common::synthetic_dataset(&data.join("test"), &["red", "green", "blue"], 1);
+    let home = tmp.path().join("home");
+    let e = Embedder::load("convnext_test", &weights, Device::Cpu, 4).unwrap();
+    let config = IndexConfig {
+        faiss: FaissParams {
+            train_min: 10,
+            ..FaissParams::of(IndexKind::Ivf)
+        },
+        ..IndexConfig::faiss(IndexKind::Ivf)
+    };
+    let ws = Workspace::open_configured(&home, e, None, config).unwrap();
+    let (files, r) = index_folder(&ws, &data, 4, &|_, _| {}).unwrap();
+    // test/ repeats train/'s first images: their embeddings are reused.
+    assert_eq!((files.len(), r.embedded + r.reused, r.removed), (12, 12, 0));
+    assert!(
+        ws.index_description().starts_with("faiss ivf nlist="),
+        "trained once 10 vectors were there: {}",
+        ws.index_description()
+    );
+
+    let q = ws
+        .embed_bytes(&std::fs::read(data.join("test/red/0.png")).unwrap())
+        .unwrap();
+    let all = ws.search(&q, 12, &Filter::all()).unwrap();
+    assert_eq!(all.len(), 12);
+    assert!(
+        (all[0].score - 1.0).abs() < 1e-4,
+        "the image itself comes first"
+    );
+    let refs = ws.search(&q, 12, &Filter::references()).unwrap();
+    assert_eq!(refs.len(), 9, "every train image, no test image");
+    assert!(refs.iter().all(|h| h.split == "train"));
+    let reds = ws
+        .search(&q, 12, &Filter::parse("train", "red,blue"))
+        .unwrap();
+    assert_eq!(reds.len(), 6);
+    assert!(reds
+        .iter()
+        .all(|h| h.category != "green" && h.split == "train"));
+    // The filter is applied before the top k is taken: k=2 still gives two of them.
+    assert_eq!(
+        ws.search(&q, 2, &Filter::parse("", "green")).unwrap().len(),
+        2
+    );
+
+    // Delete two files (one a whole category of test/), index again.
+    std::fs::remove_file(data.join("train/green/1.png")).unwrap();
+    std::fs::remove_dir_all(data.join("test/blue")).unwrap();
+    let (files, r) = index_folder(&ws, &data, 4, &|_, _| {}).unwrap();
+    assert_eq!(
+        (files.len(), r.embedded, r.skipped, r.removed),
+        (10, 0, 10, 2)
+    );
+    assert_eq!(ws.len(), 10);
+    let after = ws.search(&q, 12, &Filter::all()).unwrap();
+    assert_eq!(after.len(), 10);
+    assert!(after
+        .iter()
+        .all(|h| !h.path.ends_with("green/1.png") && !h.path.contains("test/blue")));
+    drop(ws);
+    // The store agrees after a reopen (the index is rebuilt or loaded from it).
+    let e = Embedder::load("convnext_test", &weights, Device::Cpu, 4).unwrap();
+    let ws = Workspace::open_with(&home, e, IndexKind::Flat).unwrap();
+    assert_eq!(ws.len(), 10);
 }
 
 fn effnet() -> Embedder {
@@ -136,7 +216,7 @@ fn fused_space_backfills_indexes_and_searches() {
     let q_path = data.join("green/1.png");
     let q = ws.embed_bytes(&std::fs::read(&q_path).unwrap()).unwrap();
     assert_eq!(q.len(), 1280 + 384);
-    let hits = ws.search(&q, 3).unwrap();
+    let hits = ws.search(&q, 3, &Filter::all()).unwrap();
     assert!(hits[0].path.ends_with("green/1.png"), "{hits:?}");
     assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
     let stored = ws.vectors_under("/").unwrap();

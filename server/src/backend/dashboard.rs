@@ -31,7 +31,7 @@ impl EngineBackend {
             sums.embed_ms += r.timings.embed_ms;
             sums.text_ms += r.timings.text_ms;
             let t = Instant::now();
-            let analysis = self.to_analysis(r, None)?;
+            let analysis = self.to_analysis(r, None, &kadr_engine::index::Filter::all())?;
             sums.search_ms += ms(t);
             let vote = analysis.rank(cfg).vote;
             *categories

@@ -93,24 +93,23 @@ impl EngineBackend {
         };
         match request {
             JobRequest::AddFolder { .. } | JobRequest::Reindex => {
-                let mut files = Vec::new();
-                for f in &folders {
-                    files.extend(kadr_engine::dataset::scan(f)?);
-                }
-                let total = files.len();
-                set(0, total);
                 // One indexing run over everything: the workspace is shared, so nothing
-                // waits for it, and the index file is written at its checkpoints only.
-                let r = self
-                    .inner
-                    .ws
-                    .index_files(&files, self.inner.index_batch, &|done| set(done, total))?;
+                // waits for it, and the index is written at its checkpoints only. Files gone
+                // from the folders leave the index.
+                let (files, r) = kadr_engine::jobs::index_folders(
+                    &self.inner.ws,
+                    &folders,
+                    self.inner.index_batch,
+                    &set,
+                )?;
                 metrics::counter!("kadr_images_embedded_total", "source" => "index")
                     .increment(r.embedded as u64);
                 Ok(format!(
-                    "{total} images in {} folder(s): {} newly indexed, {} unreadable",
+                    "{} images in {} folder(s): {} newly indexed, {} removed (files gone), {} unreadable",
+                    files.len(),
                     folders.len(),
                     r.embedded + r.reused,
+                    r.removed,
                     r.failed.len()
                 ))
             }

@@ -18,6 +18,7 @@ use app::analyse::FileOutcome;
 use app::errors::ApiError;
 use app::types::*;
 use kadr_engine::batcher::{BatchConfig, Batcher};
+use kadr_engine::index::Filter;
 use kadr_engine::settings::Settings;
 use kadr_engine::vote::VoteConfig;
 use kadr_engine::workspace::Workspace;
@@ -246,12 +247,12 @@ impl app::backend::Backend for EngineBackend {
         Box::pin(self.inner.queue.admit())
     }
 
-    fn analysis(&self, hash: &str) -> Result<Analysis, ApiError> {
-        self.analysis_of(hash)
+    fn analysis(&self, hash: &str, filter: &Filter) -> Result<Analysis, ApiError> {
+        self.analysis_of(hash, filter)
     }
 
-    fn cached_analysis(&self, hash: &str) -> Result<Option<Analysis>, ApiError> {
-        self.stored_analysis(hash)
+    fn cached_analysis(&self, hash: &str, filter: &Filter) -> Result<Option<Analysis>, ApiError> {
+        self.stored_analysis(hash, filter)
     }
 
     fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError> {

@@ -10,6 +10,7 @@ use app::types::*;
 use kadr_engine::batcher::Announced;
 use kadr_engine::decode::decode_limited;
 use kadr_engine::embed::imagenet_class;
+use kadr_engine::index::Filter;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -84,9 +85,13 @@ impl EngineBackend {
         self.inner.home.join("uploads").join(hash)
     }
 
-    /// The top [`MAX_K`] hits for an embedding.
-    fn hits(&self, embedding: &[f32]) -> Result<Vec<Hit>, ApiError> {
-        let found = self.inner.ws.search(embedding, MAX_K).map_err(internal)?;
+    /// The top [`MAX_K`] hits for an embedding among those `filter` lets through.
+    fn hits(&self, embedding: &[f32], filter: &Filter) -> Result<Vec<Hit>, ApiError> {
+        let found = self
+            .inner
+            .ws
+            .search(embedding, MAX_K, filter)
+            .map_err(internal)?;
         Ok(found
             .into_iter()
             .map(|n| Hit {
@@ -103,9 +108,10 @@ impl EngineBackend {
         &self,
         r: Record,
         search_ms: Option<f32>,
+        filter: &Filter,
     ) -> Result<Analysis, ApiError> {
         let t = Instant::now();
-        let hits = self.hits(&r.embedding)?;
+        let hits = self.hits(&r.embedding, filter)?;
         let mut timings = r.timings;
         timings.search_ms = search_ms.unwrap_or_else(|| ms(t));
         Ok(Analysis {
@@ -279,7 +285,7 @@ impl EngineBackend {
             .get(self.model(), &hash)
             .map_err(internal)?;
         if let Some(record) = cached {
-            let mut analysis = self.to_analysis(record, None)?;
+            let mut analysis = self.to_analysis(record, None, &Filter::all())?;
             // The name the user gave this time.
             analysis.name = name.to_string();
             return Ok(FileOutcome {
@@ -308,7 +314,7 @@ impl EngineBackend {
             .map_err(internal)?;
         Ok(FileOutcome {
             name: name.to_string(),
-            analysis: Some(self.to_analysis(record, None)?),
+            analysis: Some(self.to_analysis(record, None, &Filter::all())?),
             error: None,
             cached: false,
         })
@@ -335,22 +341,29 @@ impl EngineBackend {
         self.inner.home.join("thumbs")
     }
 
-    /// The analyses of `hashes`, in order; unknown ones are an error naming them.
-    pub fn analyses(&self, hashes: &[String]) -> Result<Vec<Analysis>, ApiError> {
-        hashes.iter().map(|h| self.analysis_of(h)).collect()
+    /// The analyses of `hashes`, in order, with hits among what `filter` lets through;
+    /// unknown ones are an error naming them.
+    pub fn analyses(&self, hashes: &[String], filter: &Filter) -> Result<Vec<Analysis>, ApiError> {
+        hashes.iter().map(|h| self.analysis_of(h, filter)).collect()
     }
 
     /// A stored analysis of `hash`, searched again now; `None` when there is none.
-    pub(super) fn stored_analysis(&self, hash: &str) -> Result<Option<Analysis>, ApiError> {
+    pub(super) fn stored_analysis(
+        &self,
+        hash: &str,
+        filter: &Filter,
+    ) -> Result<Option<Analysis>, ApiError> {
         let record = lock(&self.inner.history)?
             .get(self.model(), hash)
             .map_err(internal)?;
-        record.map(|r| self.to_analysis(r, None)).transpose()
+        record
+            .map(|r| self.to_analysis(r, None, filter))
+            .transpose()
     }
 
     /// The analysis of `hash`: stored, or (an indexed image seen for the first time) made now.
-    pub(super) fn analysis_of(&self, hash: &str) -> Result<Analysis, ApiError> {
-        if let Some(a) = self.stored_analysis(hash)? {
+    pub(super) fn analysis_of(&self, hash: &str, filter: &Filter) -> Result<Analysis, ApiError> {
+        if let Some(a) = self.stored_analysis(hash, filter)? {
             return Ok(a);
         }
         // An indexed image: analyse its file (once) so it gets a page like any upload.
@@ -373,6 +386,6 @@ impl EngineBackend {
         lock(&self.inner.history)?
             .put(self.model(), &record)
             .map_err(internal)?;
-        self.to_analysis(record, None)
+        self.to_analysis(record, None, filter)
     }
 }

@@ -1,5 +1,5 @@
 //! `kadr index DIR...`: index folders incrementally (unchanged files are skipped by content
-//! hash; files gone from a folder are left for a later issue).
+//! hash; images whose files are gone from a folder leave the index).
 
 use super::{progress_bar, report_failures};
 use anyhow::Result;
@@ -21,14 +21,16 @@ pub fn run(s: &Settings, a: IndexArgs) -> Result<()> {
         let (files, r) = index_folder(&ws, &dir, s.max_batch_size, &progress_bar("index"))?;
         report_failures(&r.failed);
         println!(
-            "{}: {} images, {} embedded, {} reused, {} unchanged, {} unreadable; index holds {}",
+            "{}: {} images, {} embedded, {} reused, {} unchanged, {} removed (files gone), {} unreadable; index holds {} ({})",
             dir.display(),
             files.len(),
             r.embedded,
             r.reused,
             r.skipped,
+            r.removed,
             r.failed.len(),
-            ws.len()
+            ws.len(),
+            ws.index_description()
         );
     }
     Ok(())

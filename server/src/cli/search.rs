@@ -1,8 +1,10 @@
-//! `kadr search IMAGE...`: the most similar indexed images and the voted category.
+//! `kadr search IMAGE... [--split S] [--category C]`: the most similar indexed images (of
+//! those splits and categories) and the voted category.
 
 use super::VoteArgs;
 use anyhow::{Context, Result};
 use clap::Args;
+use kadr_engine::index::Filter;
 use kadr_engine::settings::Settings;
 use kadr_engine::workspace::Workspace;
 use std::path::PathBuf;
@@ -13,6 +15,12 @@ pub struct SearchArgs {
     images: Vec<PathBuf>,
     #[command(flatten)]
     vote: VoteArgs,
+    /// Only neighbours from these splits (comma-separated: train,valid)
+    #[arg(long, value_name = "SPLITS", default_value = "")]
+    split: String,
+    /// Only neighbours of these categories (comma-separated)
+    #[arg(long, value_name = "CATEGORIES", default_value = "")]
+    category: String,
     /// Print one JSON object per image instead of a table
     #[arg(long)]
     json: bool,
@@ -20,6 +28,7 @@ pub struct SearchArgs {
 
 pub fn run(s: &Settings, a: SearchArgs) -> Result<()> {
     let cfg = a.vote.config()?;
+    let filter = Filter::parse(&a.split, &a.category);
     let ws = Workspace::open(s)?;
     anyhow::ensure!(
         !ws.is_empty(),
@@ -31,7 +40,7 @@ pub fn run(s: &Settings, a: SearchArgs) -> Result<()> {
         let q = ws
             .embed_bytes(&bytes)
             .with_context(|| format!("{}", image.display()))?;
-        let hits = ws.search(&q, cfg.k)?;
+        let hits = ws.search(&q, cfg.k, &filter)?;
         let v = kadr_engine::vote::vote(hits.iter().map(|h| (h.category.as_str(), h.score)), &cfg);
         if a.json {
             let out = serde_json::json!({ "image": image, "vote": v, "neighbours": hits });

@@ -3,5 +3,6 @@
 //! API's data: analyses, hits, tunings, dashboard figures). Plain serde data and pure code;
 //! it builds for wasm32 (the app's hydrate side) and for the host (engine and server).
 
+pub mod filter;
 pub mod types;
 pub mod vote;
