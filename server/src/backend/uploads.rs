@@ -330,6 +330,11 @@ impl EngineBackend {
             .ok_or_else(|| ApiError::not_found(format!("no image with hash {hash}")))
     }
 
+    /// Largest image this server decodes (`MAX_PIXELS`).
+    pub fn max_pixels(&self) -> u64 {
+        self.inner.max_pixels
+    }
+
     /// Folder for cached thumbnails.
     pub fn thumbs_dir(&self) -> PathBuf {
         self.inner.home.join("thumbs")
