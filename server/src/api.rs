@@ -443,7 +443,10 @@ mod tests {
             .unwrap();
         assert_eq!(&row[0], "'=HYPERLINK(\"http://x\",\"y\").png");
         assert_eq!(&row[5], "'@cat", "the voted category");
-        assert_eq!((&row[9], &row[10], &row[11]), ("'-x.png", "'@cat", "-0.5000"));
+        assert_eq!(
+            (&row[9], &row[10], &row[11]),
+            ("'-x.png", "'@cat", "-0.5000")
+        );
         assert_eq!(&row[13], "'+caption");
     }
 }

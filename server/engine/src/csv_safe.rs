@@ -42,8 +42,11 @@ impl<W: std::io::Write> Writer<W> {
         I: IntoIterator<Item = T>,
         T: AsRef<str>,
     {
-        self.0
-            .write_record(record.into_iter().map(|c| neutralise(c.as_ref()).into_owned()))
+        self.0.write_record(
+            record
+                .into_iter()
+                .map(|c| neutralise(c.as_ref()).into_owned()),
+        )
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
@@ -63,7 +66,10 @@ mod tests {
     #[test]
     fn formulas_become_text_and_numbers_stay_numbers() {
         for (cell, want) in [
-            ("=HYPERLINK(\"http://x\",\"y\").png", "'=HYPERLINK(\"http://x\",\"y\").png"),
+            (
+                "=HYPERLINK(\"http://x\",\"y\").png",
+                "'=HYPERLINK(\"http://x\",\"y\").png",
+            ),
             ("@SUM(1+1)cmd.png", "'@SUM(1+1)cmd.png"),
             ("+cmd.png", "'+cmd.png"),
             ("-2+3.png", "'-2+3.png"),
