@@ -284,6 +284,9 @@ fn bad_input_corpus_is_refused_with_4xx_and_changes_nothing() {
             let (ct, body) = multipart(&[]);
             s.request("POST", "/api/v1/analyse", &[("content-type", &ct)], &body)
         }) },
+        Case { what: "multipart with a text field and no files", status: 422, field: Some("files".into()), send: Box::new(|s| {
+            s.request("POST", "/api/v1/analyse", &[("content-type", "multipart/form-data; boundary=b")], b"--b\r\ncontent-disposition: form-data; name=\"note\"\r\n\r\nno files\r\n--b--\r\n")
+        }) },
         Case { what: "101 files in one request", status: 422, field: Some("files".into()), send: Box::new(|s| {
             let tiny = b"x".to_vec();
             let files: Vec<(String, Vec<u8>)> = (0..101).map(|i| (format!("f{i}.png"), tiny.clone())).collect();
