@@ -171,13 +171,14 @@ fn JobRow(job: JobStatus) -> impl IntoView {
         JobState::Running => "running",
         JobState::Done => "done",
         JobState::Failed => "failed",
+        JobState::Interrupted => "interrupted",
     };
     view! {
         <div class="flex flex-wrap items-center gap-3 text-sm" data-testid="job" data-state=state>
             <span class="font-medium">{job.title}</span>
             <progress max="100" value=pct class="w-40"></progress>
             <span class="tabular-nums">{format!("{}/{}", job.done, job.total)}</span>
-            <span class=("text-red-700", job.state == JobState::Failed)>{job.message}</span>
+            <span class=("text-red-700", matches!(job.state, JobState::Failed | JobState::Interrupted))>{job.message}</span>
         </div>
     }
 }

@@ -115,9 +115,15 @@ async fn image(
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
                 .encode_image(&small)
                 .map_err(|e| ApiError::internal(format!("thumbnail: {e}")))?;
-            // Best effort: a failed cache write only costs the next request a resize.
-            let _ = std::fs::create_dir_all(backend.thumbs_dir())
-                .and_then(|_| std::fs::write(&cached, &out));
+            // Best effort: a failed cache write only costs the next request a resize. Written
+            // then renamed, so a kill mid-write never leaves half a thumbnail to be served.
+            let dir = backend.thumbs_dir();
+            let _ = std::fs::create_dir_all(&dir)
+                .and_then(|_| tempfile::NamedTempFile::new_in(&dir))
+                .and_then(|mut tmp| {
+                    std::io::Write::write_all(&mut tmp, &out)?;
+                    tmp.persist(&cached).map_err(|e| e.error)
+                });
             Ok((out, "image/jpeg"))
         } else {
             let bytes = std::fs::read(&file)

@@ -259,7 +259,10 @@ mod tests {
             );
             assert!(mean < 0.25, "{name}: mean difference {mean:.3} grey levels");
             assert!(max <= 8.0, "{name}: a value {max:.1} grey levels off");
-            assert!(far <= 150, "{name}: {far} values more than one grey level off");
+            assert!(
+                far <= 150,
+                "{name}: {far} values more than one grey level off"
+            );
         }
     }
 }

@@ -230,7 +230,11 @@ fn nucleus(probs: &[f64], top_p: f64) -> Vec<usize> {
 /// The mean and standard deviation of the logit `z` of a token drawn from `probs`.
 fn logit_moments(z: &[f64], probs: &[f64]) -> (f64, f64) {
     let mean: f64 = probs.iter().zip(z).map(|(p, v)| p * v).sum();
-    let var: f64 = probs.iter().zip(z).map(|(p, v)| p * (v - mean).powi(2)).sum();
+    let var: f64 = probs
+        .iter()
+        .zip(z)
+        .map(|(p, v)| p * (v - mean).powi(2))
+        .sum();
     (mean, var.sqrt())
 }
 
@@ -304,14 +308,21 @@ fn sampling_follows_temperature_and_top_p() {
             "top-p {top_p} at {t}: only {outside:.3} of the mass is cut; the test could not fail"
         );
         let drawn = draw(t, Some(top_p));
-        let strays: Vec<usize> = drawn.iter().copied().filter(|d| !kept.contains(d)).collect();
+        let strays: Vec<usize> = drawn
+            .iter()
+            .copied()
+            .filter(|d| !kept.contains(d))
+            .collect();
         println!(
             "top-p {top_p} at temperature {t}: nucleus of {} tokens of {}, {} strays",
             kept.len(),
             z.len(),
             strays.len()
         );
-        assert!(strays.is_empty(), "tokens outside the top-p nucleus: {strays:?}");
+        assert!(
+            strays.is_empty(),
+            "tokens outside the top-p nucleus: {strays:?}"
+        );
         // Inside the nucleus the draws still follow the tempered distribution.
         let exact = nucleus(&probs, top_p);
         let mass: f64 = exact.iter().map(|&i| probs[i]).sum();
