@@ -399,3 +399,140 @@ fn serve_killed_during_uploads_keeps_every_answered_one() {
     let r = s.upload(&[("again.png", &image(10_000))], &[]);
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A tmpfs mounted for the life of the test: a small disk to fill. Mounting needs root, which
+/// CI has; without it the test fails saying so rather than skipping.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "the disk-full test mounts a {size} tmpfs and needs root for it (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_path_buf())
+    }
+
+    /// Fills the disk with `filler` until nothing more fits, then frees `leave` bytes.
+    fn fill(&self, leave: u64) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        let len = std::fs::metadata(&path).unwrap().len();
+        f.set_len(len.saturating_sub(leave)).unwrap();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `PRAGMA integrity_check` of the store.
+fn integrity(home: &Path) -> String {
+    let conn = rusqlite::Connection::open_with_flags(
+        home.join("kadr.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_full_disk_while_indexing_and_uploading_is_a_clear_error_and_nothing_breaks() {
+    use common::server::Server;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let roots = tmp.path().join("roots");
+    let base = roots.join("base");
+    common::synthetic_dataset(&base, &["red", "green"], 2);
+    let extra = roots.join("extra");
+    common::synthetic_dataset(&extra, &["blue", "yellow", "red"], 80);
+    // The workspace (store, index, history, uploads, logs) on a 6 MB disk.
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), "6m");
+    let home = disk.0.join("home");
+    let env = [
+        ("DATA_ROOTS", roots.to_str().unwrap()),
+        ("RATE_LIMIT", "0"),
+        ("MAX_BATCH_SIZE", "4"),
+    ];
+    let mut s = Server::start(&home, &w, &base, &env);
+    let png = |i: u32| {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 3 + i) as u8, (y + i * 5) as u8, (i * 11) as u8])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    assert_eq!(s.upload(&[("before.png", &png(1))], &[]).status, 200);
+
+    // Indexing onto an almost full disk: the job fails saying the disk is full, the server
+    // stays up, and the store holds whole batches only, which the index mirrors.
+    let filler = disk.fill(24 * 1024);
+    let job = format!(
+        r#"{{"request":{{"kind":"add_folder","folder":"{}"}}}}"#,
+        extra.display()
+    );
+    let r = s.post_json("/api/v1/jobs", &job, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let last = wait_job(&s);
+    assert_eq!(last["state"], "failed", "{last}");
+    assert!(
+        last["message"].as_str().unwrap().contains("disk is full"),
+        "{last}"
+    );
+    assert!(s.alive(), "the server died of a full disk");
+    let (rows, distinct) = stored(&home).unwrap();
+    assert_eq!(rows, distinct);
+    assert!(rows < 4 + 240, "{rows} rows: the disk was not full");
+    assert_eq!(s.get("/status").json()["index_size"], rows as u64);
+    assert_eq!(integrity(&home), "ok");
+
+    // An upload onto a full disk: 507 saying so, nothing half-written, the server up.
+    disk.fill(0);
+    let r = s.upload(&[("full.png", &png(2))], &[]);
+    assert_eq!(r.status, 507, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["status"], 507);
+    assert!(
+        v["message"].as_str().unwrap().contains("disk is full"),
+        "{v}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(home.join("uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    assert_eq!(s.get("/status").status, 200);
+    assert!(s.alive());
+
+    // Space again: the same upload and the job go through, and everything is indexed once.
+    std::fs::remove_file(&filler).unwrap();
+    let r = s.upload(&[("full.png", &png(2))], &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.post_json("/api/v1/jobs", r#"{"request":{"kind":"reindex"}}"#, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(wait_job(&s)["state"], "done");
+    assert_eq!(stored(&home), Some((244, 244)));
+    assert_eq!(s.get("/status").json()["index_size"], 244);
+    assert_eq!(integrity(&home), "ok");
+    drop(s);
+}

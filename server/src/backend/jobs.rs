@@ -68,7 +68,14 @@ impl EngineBackend {
                 Err(e) => {
                     tracing::error!("job {id} failed: {e:#}");
                     j.state = JobState::Failed;
-                    j.message = format!("{e:#}");
+                    j.message = if super::disk_full(&e) {
+                        format!(
+                            "the server's disk is full: the batches stored before it are kept; \
+                             free space and run the job again ({e:#})"
+                        )
+                    } else {
+                        format!("{e:#}")
+                    };
                 }
             });
         });

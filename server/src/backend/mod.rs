@@ -122,6 +122,37 @@ fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, ApiError> {
         .map_err(|_| ApiError::internal("the engine is unavailable after an earlier failure"))
 }
 
+/// Whether an error, anywhere in its chain, is a full disk (`ENOSPC`, or SQLite's
+/// `SQLITE_FULL`).
+pub(crate) fn disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc::ENOSPC)
+        });
+        let sqlite = matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
+        );
+        io || sqlite
+    })
+}
+
+/// A failure to keep something on disk: `507 Insufficient Storage` with a message that says
+/// so when the disk is full (nothing was kept; the request can be sent again once there is
+/// room), else an internal error.
+fn storage(e: impl Into<anyhow::Error>) -> ApiError {
+    let e = e.into();
+    if disk_full(&e) {
+        tracing::error!("disk full: {e:#}");
+        ApiError::new(
+            507,
+            "the server's disk is full: nothing was kept; send it again once space is freed",
+        )
+    } else {
+        internal(e)
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!("{e:#}");
     ApiError::internal(format!("{e:#}"))
