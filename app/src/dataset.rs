@@ -118,7 +118,9 @@ pub fn DatasetPage() -> impl IntoView {
                     .and_then(Result::err)
                     .map(|e| view! { <ErrorBox error=e /> })
             }}
-            {move || running.get().map(|job| view! { <JobRow job /> })}
+            // The job started from this page, above the list of earlier ones (which the
+            // history keeps across restarts).
+            {move || running.get().map(|job| view! { <div data-testid="current-job"><JobRow job /></div> })}
             <Transition fallback=|| ()>
                 {move || Suspend::new(async move {
                     jobs.await
