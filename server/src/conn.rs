@@ -339,7 +339,7 @@ impl AsyncWrite for Watched {
 /// Raises the soft limit on open files towards the hard one so `MAX_CONNECTIONS` fit (with
 /// room for the store, the index, logs and uploads), and says so when they cannot.
 fn raise_fd_limit(max_connections: usize) {
-    let want = max_connections as u64 + 256;
+    let want = max_connections.saturating_add(256) as libc::rlim_t;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -349,9 +349,9 @@ fn raise_fd_limit(max_connections: usize) {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return;
         }
-        if (lim.rlim_cur as u64) < want {
+        if lim.rlim_cur < want {
             let raised = libc::rlimit {
-                rlim_cur: (want as libc::rlim_t).min(lim.rlim_max),
+                rlim_cur: want.min(lim.rlim_max),
                 rlim_max: lim.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
@@ -359,7 +359,7 @@ fn raise_fd_limit(max_connections: usize) {
             }
         }
     }
-    if (lim.rlim_cur as u64) < want {
+    if lim.rlim_cur < want {
         tracing::warn!(
             "MAX_CONNECTIONS={max_connections} needs about {want} open files but the limit is {}: \
              lower MAX_CONNECTIONS or raise `ulimit -n`",
