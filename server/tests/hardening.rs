@@ -885,6 +885,39 @@ fn slow_and_idle_clients_are_dropped_and_the_connection_cap_holds() {
 }
 
 #[test]
+fn the_idle_timeout_never_cuts_short_a_request_in_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("set");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    // One request of 100 large images: the server works on it, the connection silent, for
+    // longer than IDLE_TIMEOUT.
+    let s = Server::start(
+        &tmp.path().join("home"),
+        &w,
+        &data,
+        &[("RATE_LIMIT", "0"), ("IDLE_TIMEOUT", "1")],
+    );
+    let files: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| (format!("{i}.png"), png(2400, 1800, i as u8)))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let t = std::time::Instant::now();
+    // A connection closed without an answer panics here ("no HTTP answer").
+    let r = s.upload(&refs, &[]);
+    let took = t.elapsed().as_secs_f64();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().map(Vec::len), Some(100));
+    assert!(
+        took > 1.5,
+        "the upload was answered in {took:.2} s: it did not outlast IDLE_TIMEOUT"
+    );
+}
+
+#[test]
 fn names_are_inert_in_pages_and_spreadsheets() {
     let tmp = tempfile::tempdir().unwrap();
     let w = common::tiny_convnext(tmp.path());
