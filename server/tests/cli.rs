@@ -60,6 +60,29 @@ fn index_search_eval_submit() {
         .ends_with("train/green/1.png"));
     assert_eq!(v["neighbours"].as_array().unwrap().len(), 3);
 
+    // The test images are indexed without a category: as neighbours they are shown but do not
+    // vote (as in eval and submit). t0 is its own nearest neighbour.
+    let q = data.join("test/t0.png");
+    let out = ok(&kadr(
+        &home,
+        &w,
+        &["search", "--json", "-k", "5", q.to_str().unwrap()],
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let hits = v["neighbours"].as_array().unwrap();
+    assert_eq!(hits[0]["category"], "", "{v}");
+    let labelled = hits.iter().filter(|h| h["category"] != "").count();
+    assert_eq!(v["vote"]["voters"].as_u64(), Some(labelled as u64), "{v}");
+    assert!(
+        v["vote"]["split"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c[0] != ""),
+        "an empty category got votes: {v}"
+    );
+    assert_eq!(v["vote"]["category"], "red", "{v}");
+
     let out = ok(&kadr(&home, &w, &["eval", "--data", d]));
     let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(v["mode"], "queries");
