@@ -885,6 +885,50 @@ fn slow_and_idle_clients_are_dropped_and_the_connection_cap_holds() {
 }
 
 #[test]
+fn sigterm_stops_accepting_and_exits_once_open_connections_close() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("set");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    let mut s = Server::start(
+        &tmp.path().join("home"),
+        &w,
+        &data,
+        &[("RATE_LIMIT", "0"), ("HEADER_TIMEOUT", "3")],
+    );
+    // An idle kept-alive connection and one stuck half-way through its headers.
+    let mut idle = TcpStream::connect(&s.addr).unwrap();
+    idle.write_all(b"GET /status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut stuck = TcpStream::connect(&s.addr).unwrap();
+    stuck.write_all(b"GET /stat").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let code = loop {
+        if let Some(code) = s.child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "still running {:.1} s after SIGTERM",
+            t.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "{code:?}");
+    assert!(s.log.lock().unwrap().contains("shutting down"));
+    drop((idle, stuck));
+}
+
+#[test]
 fn the_idle_timeout_never_cuts_short_a_request_in_progress() {
     let tmp = tempfile::tempdir().unwrap();
     let w = common::tiny_convnext(tmp.path());
