@@ -118,7 +118,9 @@ pub fn DatasetPage() -> impl IntoView {
                     .and_then(Result::err)
                     .map(|e| view! { <ErrorBox error=e /> })
             }}
-            {move || running.get().map(|job| view! { <JobRow job /> })}
+            // The job started from this page, above the list of earlier ones (which the
+            // history keeps across restarts).
+            {move || running.get().map(|job| view! { <div data-testid="current-job"><JobRow job /></div> })}
             <Transition fallback=|| ()>
                 {move || Suspend::new(async move {
                     jobs.await
@@ -171,13 +173,14 @@ fn JobRow(job: JobStatus) -> impl IntoView {
         JobState::Running => "running",
         JobState::Done => "done",
         JobState::Failed => "failed",
+        JobState::Interrupted => "interrupted",
     };
     view! {
         <div class="flex flex-wrap items-center gap-3 text-sm" data-testid="job" data-state=state>
             <span class="font-medium">{job.title}</span>
             <progress max="100" value=pct class="w-40"></progress>
             <span class="tabular-nums">{format!("{}/{}", job.done, job.total)}</span>
-            <span class=("text-red-700", job.state == JobState::Failed)>{job.message}</span>
+            <span class=("text-red-700", matches!(job.state, JobState::Failed | JobState::Interrupted))>{job.message}</span>
         </div>
     }
 }

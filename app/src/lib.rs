@@ -25,6 +25,25 @@ use leptos_router::{
     path, SsrMode,
 };
 
+/// `s` as HTML text or attribute value: `&`, `<`, `>`, `"` and `'` as entities. For the few
+/// places where the server writes HTML itself (`<title>`, the sign-in page); views escape
+/// their text on their own.
+#[cfg(feature = "ssr")]
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// What the web app needs from the engine; the server implements it and provides it as context.
 /// Methods block (they embed and search): server functions call them through [`blocking`].
 #[cfg(feature = "ssr")]

@@ -54,6 +54,9 @@ test('analyse over HTTP, and 4xx JSON errors for bad input', async ({ request })
     if (field) expect(body.field, url).toBe(field);
   }
   const empty = await request.post('/api/v1/analyse', { multipart: { note: 'no files' } });
-  expect(empty.status()).toBeLessThan(500);
+  expect(empty.status()).toBe(422);
+  const emptyBody = await empty.json();
+  expect(emptyBody.status).toBe(422);
+  expect(emptyBody.field).toBe('files');
   expect((await request.get('/status')).status()).toBe(200);
 });

@@ -39,7 +39,8 @@ test('evaluate from the dataset page, then see the dashboard charts', async ({ p
   const evaluate = page.getByTestId('evaluate');
   await expect(evaluate).toBeEnabled();
   await evaluate.click();
-  const job = page.locator('[data-testid=job]').first();
+  // The job just started, not an earlier one from the history.
+  const job = page.getByTestId('current-job').locator('[data-testid=job]');
   await expect(job).toHaveAttribute('data-state', 'done', { timeout: 90_000 });
   await expect(job).toContainText('MAP@10');
 

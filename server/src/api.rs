@@ -105,8 +105,10 @@ async fn image(
             }
             let bytes = std::fs::read(&file)
                 .map_err(|e| ApiError::not_found(format!("image file unreadable: {e}")))?;
-            let img = kadr_engine::decode::decode(&bytes)
-                .map_err(|e| ApiError::new(422, e.to_string()))?;
+            // Under MAX_PIXELS like uploads: an indexed file may be larger than this server
+            // agrees to decode (indexed under another limit, or replaced on disk).
+            let img = kadr_engine::decode::decode_limited(&bytes, backend.max_pixels())
+                .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
             let scale = (THUMB_SIDE as f64 / img.width().max(img.height()).max(1) as f64).min(1.0);
             let side = |v: u32| ((v as f64 * scale).round() as u32).max(1);
             let small = image::imageops::thumbnail(&img, side(img.width()), side(img.height()));
@@ -114,9 +116,15 @@ async fn image(
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
                 .encode_image(&small)
                 .map_err(|e| ApiError::internal(format!("thumbnail: {e}")))?;
-            // Best effort: a failed cache write only costs the next request a resize.
-            let _ = std::fs::create_dir_all(backend.thumbs_dir())
-                .and_then(|_| std::fs::write(&cached, &out));
+            // Best effort: a failed cache write only costs the next request a resize. Written
+            // then renamed, so a kill mid-write never leaves half a thumbnail to be served.
+            let dir = backend.thumbs_dir();
+            let _ = std::fs::create_dir_all(&dir)
+                .and_then(|_| tempfile::NamedTempFile::new_in(&dir))
+                .and_then(|mut tmp| {
+                    std::io::Write::write_all(&mut tmp, &out)?;
+                    tmp.persist(&cached).map_err(|e| e.error)
+                });
             Ok((out, "image/jpeg"))
         } else {
             let bytes = std::fs::read(&file)
@@ -228,7 +236,7 @@ pub fn export_rows(
     tuning: &Tuning,
     cfg: &app::vote::VoteConfig,
 ) -> anyhow::Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut w = kadr_engine::csv_safe::Writer::from_writer(Vec::new());
     let mut header: Vec<String> = [
         "file",
         "hash",
@@ -405,5 +413,49 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((&row[5], &row[8], &row[12]), ("cat", "1", ""));
+    }
+
+    #[test]
+    fn export_cells_that_look_like_formulas_are_text_and_scores_numbers() {
+        let a = Analysis {
+            hash: "ab".into(),
+            name: "=HYPERLINK(\"http://x\",\"y\").png".into(),
+            width: 1,
+            height: 1,
+            hits: vec![Hit {
+                hash: "h".into(),
+                path: "-x.png".into(),
+                split: String::new(),
+                category: "@cat".into(),
+                score: -0.5,
+            }],
+            text: TextAnalysis {
+                source: TextSource::Vlm,
+                caption: Some("+caption".into()),
+                labels: vec![],
+            },
+            timings: StageTimings::default(),
+            created_at: 0,
+            indexed_category: None,
+        };
+        let tuning = Tuning {
+            k: 1,
+            threshold: -1.0,
+            ..Tuning::default()
+        };
+        let cfg = tuning.validate().unwrap();
+        let text = String::from_utf8(export_rows(&[a], &tuning, &cfg).unwrap()).unwrap();
+        let row = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&row[0], "'=HYPERLINK(\"http://x\",\"y\").png");
+        assert_eq!(&row[5], "'@cat", "the voted category");
+        assert_eq!(
+            (&row[9], &row[10], &row[11]),
+            ("'-x.png", "'@cat", "-0.5000")
+        );
+        assert_eq!(&row[13], "'+caption");
     }
 }

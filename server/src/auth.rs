@@ -3,8 +3,10 @@
 //! credential, and with `AUTH_READS=key` so does everything but the sign-in page, the health
 //! check and static assets. A credential is a key in `Authorization: Bearer …` or `X-API-Key`,
 //! or the session cookie the sign-in page (`/login`, the admin password or a key) sets.
-//! Secrets are compared in constant time and never logged.
+//! Secrets are compared in constant time and never logged. Sessions are kept hashed in
+//! `KADR_HOME/sessions.sqlite`, so a restart signs no one out.
 
+use anyhow::Context;
 use app::errors::ApiError;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -13,8 +15,9 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use kadr_engine::settings::{Secret, Settings};
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "kadr_session";
@@ -22,6 +25,8 @@ pub const COOKIE: &str = "kadr_session";
 pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Sessions kept at most; the oldest go first.
 const MAX_SESSIONS: usize = 10_000;
+/// The session store under `KADR_HOME`.
+pub const SESSION_FILE: &str = "sessions.sqlite";
 /// Delay before answering a wrong password, to slow guessing (with the rate limit).
 const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
 
@@ -29,7 +34,106 @@ const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
 pub struct Auth {
     secrets: Vec<Secret>,
     reads_need_key: bool,
-    sessions: Mutex<HashMap<String, Instant>>,
+    sessions: Sessions,
+}
+
+/// Open sign-ins, kept in `KADR_HOME/sessions.sqlite` so a restart signs no one out. Only a
+/// hash of each token is stored (BLAKE3 of a 256-bit random token: nothing to guess or to
+/// brute-force), so the file gives no one a session.
+pub struct Sessions {
+    db: Mutex<rusqlite::Connection>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn token_hash(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex().to_string()
+}
+
+impl Sessions {
+    /// Opens (or creates) the session file.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let db = rusqlite::Connection::open(path)
+            .with_context(|| format!("cannot open the session store {}", path.display()))?;
+        Self::init(db).with_context(|| {
+            format!(
+                "the session store {} is unusable: move it aside",
+                path.display()
+            )
+        })
+    }
+
+    /// Sessions that last only as long as the process (tests).
+    pub fn in_memory() -> anyhow::Result<Self> {
+        Self::init(rusqlite::Connection::open_in_memory()?)
+    }
+
+    fn init(db: rusqlite::Connection) -> anyhow::Result<Self> {
+        db.busy_timeout(Duration::from_secs(5))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS sessions (
+                 token_hash TEXT PRIMARY KEY,
+                 expires INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires);",
+        )?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+
+    fn valid(&self, token: &str) -> bool {
+        let Ok(db) = self.db.lock() else {
+            return false;
+        };
+        let hash = token_hash(token);
+        let expires: Option<i64> = db
+            .query_row(
+                "SELECT expires FROM sessions WHERE token_hash = ?1",
+                [&hash],
+                |r| r.get(0),
+            )
+            .ok();
+        match expires {
+            Some(e) if e > unix_now() => true,
+            Some(_) => {
+                let _ = db.execute("DELETE FROM sessions WHERE token_hash = ?1", [&hash]);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&self, token: &str) -> anyhow::Result<()> {
+        let db = self
+            .db
+            .lock()
+            .map_err(|_| anyhow::anyhow!("session store poisoned"))?;
+        let now = unix_now();
+        db.execute("DELETE FROM sessions WHERE expires <= ?1", [now])?;
+        // The oldest go first beyond MAX_SESSIONS.
+        db.execute(
+            "DELETE FROM sessions WHERE token_hash IN (SELECT token_hash FROM sessions
+                 ORDER BY expires DESC LIMIT -1 OFFSET ?1)",
+            [MAX_SESSIONS as i64 - 1],
+        )?;
+        db.execute(
+            "INSERT OR REPLACE INTO sessions (token_hash, expires) VALUES (?1, ?2)",
+            rusqlite::params![token_hash(token), now + SESSION_TTL.as_secs() as i64],
+        )?;
+        Ok(())
+    }
+
+    fn remove(&self, token: &str) {
+        if let Ok(db) = self.db.lock() {
+            let _ = db.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                [token_hash(token)],
+            );
+        }
+    }
 }
 
 /// What a request does.
@@ -73,17 +177,21 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Auth {
-    /// From the settings; `None` when no key or password is set (everything open).
-    pub fn from_settings(s: &Settings) -> Option<Arc<Self>> {
+    /// From the settings; `None` when no key or password is set (everything open). Sessions
+    /// are kept in `KADR_HOME/sessions.sqlite`.
+    pub fn from_settings(s: &Settings) -> anyhow::Result<Option<Arc<Self>>> {
         let mut secrets = s.api_keys.clone();
         secrets.extend(s.admin_password.clone());
-        (!secrets.is_empty()).then(|| {
-            Arc::new(Self {
-                secrets,
-                reads_need_key: s.reads_need_key(),
-                sessions: Mutex::new(HashMap::new()),
-            })
-        })
+        if secrets.is_empty() {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(&s.home)
+            .with_context(|| format!("cannot create {}", s.home.display()))?;
+        Ok(Some(Arc::new(Self {
+            secrets,
+            reads_need_key: s.reads_need_key(),
+            sessions: Sessions::open(&s.home.join(SESSION_FILE))?,
+        })))
     }
 
     fn valid_secret(&self, given: &str) -> bool {
@@ -94,17 +202,7 @@ impl Auth {
     }
 
     fn valid_session(&self, token: &str) -> bool {
-        let Ok(mut sessions) = self.sessions.lock() else {
-            return false;
-        };
-        match sessions.get(token) {
-            Some(&expires) if expires > Instant::now() => true,
-            Some(_) => {
-                sessions.remove(token);
-                false
-            }
-            None => false,
-        }
+        self.sessions.valid(token)
     }
 
     /// Whether the request carries a valid key or session.
@@ -124,25 +222,18 @@ impl Auth {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).ok()?;
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let mut sessions = self.sessions.lock().ok()?;
-        let now = Instant::now();
-        sessions.retain(|_, &mut e| e > now);
-        if sessions.len() >= MAX_SESSIONS {
-            if let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, &e)| e)
-                .map(|(t, _)| t.clone())
-            {
-                sessions.remove(&oldest);
+        match self.sessions.insert(&token) {
+            Ok(()) => Some(token),
+            Err(e) => {
+                tracing::error!("cannot store a session: {e:#}");
+                None
             }
         }
-        sessions.insert(token.clone(), now + SESSION_TTL);
-        Some(token)
     }
 
     fn end_session(&self, headers: &HeaderMap) {
-        if let (Some(t), Ok(mut s)) = (cookie_value(headers, COOKIE), self.sessions.lock()) {
-            s.remove(t);
+        if let Some(t) = cookie_value(headers, COOKIE) {
+            self.sessions.remove(t);
         }
     }
 }
@@ -209,13 +300,6 @@ fn safe_next(next: Option<&String>) -> String {
     }
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 fn login_page(next: &str, error: Option<&str>) -> Html<String> {
     let error = error
         .map(|e| format!(r#"<p class="text-sm text-red-700" data-testid="login-error">{e}</p>"#))
@@ -235,7 +319,7 @@ fn login_page(next: &str, error: Option<&str>) -> Html<String> {
 {error}
 <button type="submit" class="rounded bg-slate-900 px-3 py-1.5 text-sm text-white">Sign in</button>
 </form></main></body></html>"#,
-        next = html_escape(next),
+        next = app::escape_html(next),
     ))
 }
 
@@ -299,7 +383,7 @@ mod tests {
         Auth {
             secrets: vec![Secret::new("k1"), Secret::new("pw")],
             reads_need_key: reads,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Sessions::in_memory().unwrap(),
         }
     }
 
@@ -338,6 +422,55 @@ mod tests {
         assert!(a.authorised(&h));
         a.end_session(&h);
         assert!(!a.authorised(&h));
+    }
+
+    #[test]
+    fn sessions_survive_a_reopen_and_are_stored_hashed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(SESSION_FILE);
+        let open = || Auth {
+            secrets: vec![Secret::new("pw")],
+            reads_need_key: false,
+            sessions: Sessions::open(&path).unwrap(),
+        };
+        let cookie = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, format!("{COOKIE}={t}").parse().unwrap());
+            h
+        };
+        let a = open();
+        let token = a.new_session().unwrap();
+        let other = a.new_session().unwrap();
+        drop(a);
+        let raw = std::fs::read(&path).unwrap();
+        let has = |needle: &str| raw.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(!has(&token), "the token itself is on disk");
+        assert!(has(&token_hash(&token)), "its hash is not");
+        let a = open();
+        assert!(
+            a.authorised(&cookie(&token)),
+            "a restart signed the user out"
+        );
+        assert!(
+            !a.authorised(&cookie(&token_hash(&token))),
+            "the hash is not a token"
+        );
+        a.end_session(&cookie(&token));
+        drop(a);
+        let a = open();
+        assert!(
+            !a.authorised(&cookie(&token)),
+            "signed out stays signed out"
+        );
+        assert!(a.authorised(&cookie(&other)));
+        // An expired session is refused and forgotten.
+        a.sessions
+            .db
+            .lock()
+            .unwrap()
+            .execute("UPDATE sessions SET expires = 0", [])
+            .unwrap();
+        assert!(!a.authorised(&cookie(&other)));
     }
 
     #[test]

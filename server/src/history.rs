@@ -1,11 +1,12 @@
 //! History: what the server has analysed, by content hash, so a result has a permanent URL
 //! and the same image is answered from here at once; plus the files it refused, for the
-//! dashboard. Its own SQLite file (`history.sqlite`, WAL) beside the index metadata: the index
+//! dashboard, and the dataset page's jobs (so one the server was killed during is shown as
+//! interrupted after a restart, not forgotten). Its own SQLite file (`history.sqlite`, WAL) beside the index metadata: the index
 //! is about the dataset, this is about the server's visitors. Hits are not stored: they are
 //! searched again from the stored embedding, so they always reflect the current index.
 
 use anyhow::{Context, Result};
-use app::types::{StageTimings, TextAnalysis};
+use app::types::{JobRequest, JobState, JobStatus, StageTimings, TextAnalysis};
 use kadr_engine::store::{from_blob, to_blob};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -73,6 +74,11 @@ impl History {
                 name TEXT NOT NULL,
                 reason TEXT NOT NULL,
                 at INTEGER NOT NULL DEFAULT (unixepoch())
+            );
+            CREATE TABLE IF NOT EXISTS jobs (
+                id INTEGER PRIMARY KEY,
+                request_json TEXT NOT NULL,
+                status_json TEXT NOT NULL
             );",
         )
         .context("creating the history schema")?;
@@ -131,6 +137,68 @@ impl History {
         Ok(())
     }
 
+    /// Records a job and what it was asked to do (a new one, or its progress).
+    pub fn put_job(&self, job: &JobStatus, request: &JobRequest) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO jobs (id, request_json, status_json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET status_json = excluded.status_json",
+            params![
+                job.id as i64,
+                serde_json::to_string(request)?,
+                serde_json::to_string(job)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every job with its request, oldest first.
+    pub fn jobs(&self) -> Result<Vec<(JobStatus, JobRequest)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT status_json, request_json FROM jobs ORDER BY id")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|row| {
+            let (status, request) = row?;
+            Ok((
+                serde_json::from_str(&status).context("a stored job")?,
+                serde_json::from_str(&request).context("a stored job's request")?,
+            ))
+        })
+        .collect()
+    }
+
+    /// Marks the jobs recorded as running as interrupted: the process that ran them is gone
+    /// (call once, when the server starts). Returns how many there were.
+    pub fn interrupt_running(&self) -> Result<usize> {
+        let mut n = 0;
+        for (mut job, request) in self.jobs()? {
+            if job.state == JobState::Running {
+                job.state = JobState::Interrupted;
+                job.message = format!(
+                    "interrupted at {}/{}: the server stopped while this job ran; what it had \
+                     done is kept, run it again to finish",
+                    job.done, job.total
+                );
+                self.put_job(&job, &request)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether any analysis (under any model) is of content `hash`.
+    pub fn has_hash(&self, hash: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM analyses WHERE hash = ?1 LIMIT 1",
+                [hash],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Refusals counted by reason, most frequent first.
     pub fn refusals(&self) -> Result<Vec<(String, u64)>> {
         let mut st = self.conn.prepare(
@@ -187,5 +255,37 @@ mod tests {
             h.refusals().unwrap(),
             vec![("not an image".into(), 2), ("truncated".into(), 1)]
         );
+        assert!(h.has_hash("ab").unwrap() && !h.has_hash("cd").unwrap());
+    }
+
+    #[test]
+    fn running_jobs_are_interrupted_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite");
+        let job = |id, state| JobStatus {
+            id,
+            title: format!("job {id}"),
+            state,
+            done: 8,
+            total: 20,
+            message: String::new(),
+        };
+        let add = JobRequest::AddFolder {
+            folder: "/data/x".into(),
+        };
+        {
+            let h = History::open(&path).unwrap();
+            h.put_job(&job(1, JobState::Done), &JobRequest::Reindex)
+                .unwrap();
+            h.put_job(&job(2, JobState::Running), &add).unwrap();
+        }
+        let h = History::open(&path).unwrap();
+        assert_eq!(h.interrupt_running().unwrap(), 1);
+        let jobs = h.jobs().unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].0.state, JobState::Done);
+        assert_eq!((jobs[1].0.state, &jobs[1].1), (JobState::Interrupted, &add));
+        assert!(jobs[1].0.message.contains("8/20"), "{}", jobs[1].0.message);
+        assert_eq!(h.interrupt_running().unwrap(), 0);
     }
 }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use kadr_engine::settings::IpRange;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -102,16 +103,19 @@ pub async fn timeout(State(limit): State<Duration>, req: Request, next: Next) ->
 pub struct RateLimit {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
+    trusted: Vec<IpRange>,
 }
 
 impl RateLimit {
-    /// `None` when `per_second` is 0 (no limit).
-    pub fn new(per_second: u32, burst: u32) -> Option<Arc<Self>> {
+    /// `None` when `per_second` is 0 (no limit). `X-Forwarded-For` is believed only from a
+    /// peer in `trusted` (`TRUSTED_PROXIES`).
+    pub fn new(per_second: u32, burst: u32, trusted: Vec<IpRange>) -> Option<Arc<Self>> {
         let period = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
         let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
         let me = Arc::new(Self {
             limiter: RateLimiter::keyed(quota),
             clock: DefaultClock::default(),
+            trusted,
         });
         (per_second > 0).then_some(me)
     }
@@ -141,12 +145,45 @@ fn unmetered(path: &str) -> bool {
         || matches!(path, "/status" | "/favicon.ico")
 }
 
+/// The client a request comes from: the peer address, unless the peer is a trusted proxy;
+/// then the nearest address in `X-Forwarded-For` (read from the right, as each proxy appends
+/// the address it was reached from) that is not itself a trusted proxy. Addresses left of
+/// that one were written by the client and are not believed. A header that does not parse
+/// leaves the peer (the proxy) as the client.
+pub fn client_ip(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[IpRange]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|r| r.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 /// Middleware: 429 with `Retry-After` for a client over its rate. The client is the peer
-/// address (`into_make_service_with_connect_info`); behind a reverse proxy that is the proxy.
+/// address, or behind a proxy in `TRUSTED_PROXIES` the address it forwarded for
+/// ([`client_ip`]).
 pub async fn rate_limit(State(rl): State<Arc<RateLimit>>, req: Request, next: Next) -> Response {
     if !unmetered(req.uri().path()) {
         if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-            if let Err(not_until) = rl.limiter.check_key(&peer.ip()) {
+            let client = client_ip(peer.ip(), req.headers(), &rl.trusted);
+            if let Err(not_until) = rl.limiter.check_key(&client) {
                 let wait = not_until
                     .wait_time_from(rl.clock.now())
                     .as_secs_f64()
@@ -164,4 +201,58 @@ pub async fn rate_limit(State(rl): State<Arc<RateLimit>>, req: Request, next: Ne
         }
     }
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() {
+        let trusted: Vec<IpRange> = ["10.0.0.0/8", "::1"].map(|r| r.parse().unwrap()).to_vec();
+        let h = xff(&["203.0.113.9"]);
+        // A stranger cannot choose its own bucket.
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &h, &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(client_ip(ip("198.51.100.1"), &h, &[]), ip("198.51.100.1"));
+        // Through the proxy, the address it saw.
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &trusted), ip("203.0.113.9"));
+        assert_eq!(client_ip(ip("::1"), &h, &trusted), ip("203.0.113.9"));
+        // What the client wrote itself (left of the proxy's entry) is not believed.
+        let spoofed = xff(&["1.2.3.4, 203.0.113.9"]);
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &spoofed, &trusted),
+            ip("203.0.113.9")
+        );
+        // A chain of trusted proxies is walked through; so are several header lines.
+        let chain = xff(&["203.0.113.9, 10.0.0.7", "10.0.0.8"]);
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &chain, &trusted),
+            ip("203.0.113.9")
+        );
+        // No header, or garbage: the proxy itself.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &xff(&["unknown"]), &trusted),
+            ip("10.0.0.2")
+        );
+    }
 }

@@ -127,11 +127,11 @@ pub fn document() -> Value {
         "paths": {
             "/api/v1/analyse": { "post": {
                 "summary": "Analyse images: similar indexed images, voted category, text",
-                "description": "multipart/form-data with one or more image files (any field name), at most 100. The type is read from the bytes (JPEG, PNG, WebP, GIF, BMP). Refused files get an error each, with the status they would get alone (413 too large in bytes or pixels, 415 not a supported image, 422 corrupt, empty or a bad file name), naming the file; the others are analysed. When no file could be analysed the answer is that status (422 when the reasons differ) with one error per file in `details`. 503 with Retry-After when the embedding queue is full. Results are cached by content hash.",
+                "description": "multipart/form-data with one or more image files (any field name), at most 100. The type is read from the bytes (JPEG, PNG, WebP, GIF, BMP). Refused files get an error each, with the status they would get alone (413 too large in bytes or pixels, 415 not a supported image, 422 corrupt, empty or a bad file name; 507 the server's disk is full), naming the file; the others are analysed. Form parts without a file name are not files; a form with none is 422. When no file could be analysed the answer is that status (422 when the reasons differ) with one error per file in `details`. 503 with Retry-After when the embedding queue is full. Results are cached by content hash.",
                 "requestBody": { "required": true, "content": { "multipart/form-data": { "schema": {
                     "type": "object", "properties": { "files": { "type": "array", "items": { "type": "string", "format": "binary" } } }
                 } } } },
-                "responses": with(json!({ "200": ok("one outcome per file, in order", "application/json", outcomes) }), errors(&[400, 413, 415, 422, 500, 503]))
+                "responses": with(json!({ "200": ok("one outcome per file, in order", "application/json", outcomes) }), errors(&[400, 413, 415, 422, 500, 503, 507]))
             }},
             "/api/v1/analysis": { "get": {
                 "summary": "One analysis by content hash (an upload or an indexed image)",

@@ -104,6 +104,7 @@ pub fn error_kind(status: StatusCode) -> Option<&'static str> {
         422 => "invalid",
         429 => "rate_limited",
         503 => "busy",
+        507 => "disk_full",
         s if s >= 500 => "internal",
         s if s >= 400 => "client_other",
         _ => return None,

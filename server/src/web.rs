@@ -49,25 +49,26 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {addr}"))?;
     eprintln!("listening on http://{}", listener.local_addr()?);
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(
+    crate::conn::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        crate::conn::ConnLimits::from_settings(settings),
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
     .await
     .context("web server failed")
 }
 
 /// The router behind the server's protections, outermost first: metrics, CORS, the
 /// per-client rate limit, access control, the request time limit and the body size limit.
-/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` (the rate limit keys
-/// on the peer address).
+/// [`crate::conn::serve`] serves it (it gives each request the peer's `ConnectInfo`, which the
+/// rate limit keys on; so would `into_make_service_with_connect_info::<SocketAddr>()`).
 pub fn app(
     site_root: PathBuf,
     backend: EngineBackend,
     settings: &Settings,
 ) -> anyhow::Result<Router> {
-    let auth = Auth::from_settings(settings);
+    let auth = Auth::from_settings(settings)?;
     let mut app = router(site_root, backend, auth.clone())
         .layer(middleware::from_fn_with_state(
             settings.max_request_bytes,
@@ -84,7 +85,11 @@ pub fn app(
     if let Some(auth) = auth {
         app = app.layer(middleware::from_fn_with_state(auth, auth::guard));
     }
-    if let Some(rl) = limits::RateLimit::new(settings.rate_limit, settings.rate_limit_burst) {
+    if let Some(rl) = limits::RateLimit::new(
+        settings.rate_limit,
+        settings.rate_limit_burst,
+        settings.trusted_proxies.clone(),
+    ) {
         rl.forget_quiet_clients();
         app = app.layer(middleware::from_fn_with_state(rl, limits::rate_limit));
     }

@@ -60,6 +60,29 @@ fn index_search_eval_submit() {
         .ends_with("train/green/1.png"));
     assert_eq!(v["neighbours"].as_array().unwrap().len(), 3);
 
+    // The test images are indexed without a category: as neighbours they are shown but do not
+    // vote (as in eval and submit). t0 is its own nearest neighbour.
+    let q = data.join("test/t0.png");
+    let out = ok(&kadr(
+        &home,
+        &w,
+        &["search", "--json", "-k", "5", q.to_str().unwrap()],
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let hits = v["neighbours"].as_array().unwrap();
+    assert_eq!(hits[0]["category"], "", "{v}");
+    let labelled = hits.iter().filter(|h| h["category"] != "").count();
+    assert_eq!(v["vote"]["voters"].as_u64(), Some(labelled as u64), "{v}");
+    assert!(
+        v["vote"]["split"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c[0] != ""),
+        "an empty category got votes: {v}"
+    );
+    assert_eq!(v["vote"]["category"], "red", "{v}");
+
     let out = ok(&kadr(&home, &w, &["eval", "--data", d]));
     let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(v["mode"], "queries");
@@ -68,7 +91,46 @@ fn index_search_eval_submit() {
         (Some(12), Some(6))
     );
     let map = v["map_at_10"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&map));
+    // MAP@10 recomputed here from `kadr search`: each valid image against the train images
+    // (4 per category), AP@10 = Σ precision at each relevant rank / min(relevant, 10).
+    let mut aps = Vec::new();
+    for name in ["red", "green", "blue"] {
+        for i in 0..2 {
+            let q = data.join(format!("valid/{name}/v{i}.png"));
+            let out = ok(&kadr(
+                &home,
+                &w,
+                &["search", "--json", "-k", "21", q.to_str().unwrap()],
+            ));
+            let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            let ranked: Vec<bool> = v["neighbours"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h["path"].as_str().unwrap().contains("train/"))
+                .take(10)
+                .map(|h| h["category"] == name)
+                .collect();
+            assert_eq!(ranked.len(), 10);
+            let mut hits = 0;
+            let mut sum = 0.0;
+            for (rank, &rel) in ranked.iter().enumerate() {
+                if rel {
+                    hits += 1;
+                    sum += hits as f64 / (rank + 1) as f64;
+                }
+            }
+            aps.push(sum / 4.0);
+        }
+    }
+    let want = aps.iter().sum::<f64>() / aps.len() as f64;
+    assert!(
+        (map - want).abs() < 1e-6,
+        "eval says MAP@10 {map}, the searches give {want} ({aps:?})"
+    );
+    // The categories differ in colour: far better than chance (0.40 for 3 balanced
+    // categories of 4 each).
+    assert!(map > 0.8, "MAP@10 {map}");
 
     let csv_path = tmp.path().join("sub.csv");
     ok(&kadr(

@@ -284,6 +284,9 @@ fn bad_input_corpus_is_refused_with_4xx_and_changes_nothing() {
             let (ct, body) = multipart(&[]);
             s.request("POST", "/api/v1/analyse", &[("content-type", &ct)], &body)
         }) },
+        Case { what: "multipart with a text field and no files", status: 422, field: Some("files".into()), send: Box::new(|s| {
+            s.request("POST", "/api/v1/analyse", &[("content-type", "multipart/form-data; boundary=b")], b"--b\r\ncontent-disposition: form-data; name=\"note\"\r\n\r\nno files\r\n--b--\r\n")
+        }) },
         Case { what: "101 files in one request", status: 422, field: Some("files".into()), send: Box::new(|s| {
             let tiny = b"x".to_vec();
             let files: Vec<(String, Vec<u8>)> = (0..101).map(|i| (format!("f{i}.png"), tiny.clone())).collect();
@@ -517,6 +520,51 @@ fn keys_guard_writes_and_optionally_reads_and_never_reach_the_logs() {
         None,
         "after sign-out",
     );
+    // A session survives a restart (stored hashed); a signed-out one does not come back.
+    let r = login("pass-word-secret");
+    let kept = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    drop(s);
+    let token = kept.split_once('=').unwrap().1.to_string();
+    let stored = std::fs::read(home.join("sessions.sqlite")).unwrap();
+    assert!(
+        !stored.windows(token.len()).any(|w| w == token.as_bytes()),
+        "the session token is stored as it is"
+    );
+    let s = Server::start(
+        &home,
+        &w,
+        &data,
+        &[
+            ("API_KEYS", "key-one-secret, key-two-secret"),
+            ("ADMIN_PASSWORD", "pass-word-secret"),
+        ],
+    );
+    for _ in 0..200 {
+        let jobs = s.get("/api/v1/job-list").json();
+        if jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["state"] != "running")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = s.post_json("/api/v1/jobs", job, &[("cookie", &kept)]);
+    assert_eq!(r.status, 200, "signed out by a restart: {}", r.text());
+    expect_error(
+        &s.post_json("/api/v1/jobs", job, &[("cookie", &session)]),
+        401,
+        None,
+        "a signed-out session after a restart",
+    );
     drop(s);
 
     // With AUTH_READS=key, reads need it too; pages send browsers to the sign-in page.
@@ -578,8 +626,9 @@ fn rate_limit_and_busy_queue_answer_429_and_503_only() {
     assert!(r.header("retry-after").is_some(), "{v}");
     drop(s);
 
-    // One worker, one waiting place: a burst of uploads gets 200 or 503, nothing else, and
-    // the server stays up.
+    // One upload in progress (one worker, one image a pass) and one waiting place: of a burst
+    // of 12 uploads at once some must be turned away with 503, the rest answered 200, nothing
+    // else, and the server stays up.
     let s = Server::start(
         &tmp.path().join("home2"),
         &w,
@@ -587,10 +636,12 @@ fn rate_limit_and_busy_queue_answer_429_and_503_only() {
         &[
             ("RATE_LIMIT", "0"),
             ("EMBED_WORKERS", "1"),
+            ("MAX_BATCH_SIZE", "1"),
+            ("DYNAMIC_BATCHING", "off"),
             ("QUEUE_DEPTH", "1"),
         ],
     );
-    let big: Vec<Vec<u8>> = (0..8).map(|i| png(900, 700, 10 + i)).collect();
+    let big: Vec<Vec<u8>> = (0..12).map(|i| png(1600, 1200, 10 + i)).collect();
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let handles: Vec<_> = big
             .iter()
@@ -614,5 +665,387 @@ fn rate_limit_and_busy_queue_answer_429_and_503_only() {
         "{statuses:?}"
     );
     assert!(statuses.contains(&200), "{statuses:?}");
+    let busy = statuses.iter().filter(|&&c| c == 503).count();
+    assert!(
+        busy >= 1,
+        "2 places for 12 uploads at once and none turned away: {statuses:?}"
+    );
+    let m = s.get("/metrics").text();
+    let rejected: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("kadr_queue_rejected_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(rejected, busy as f64, "{m}");
     assert_eq!(s.get("/status").status, 200);
+}
+
+#[test]
+fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("set");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    let get_as = |s: &Server, client: &str| {
+        s.request(
+            "GET",
+            "/api/v1/settings",
+            &[("x-forwarded-for", client)],
+            b"",
+        )
+        .status
+    };
+    // Not trusted: a client cannot get a fresh bucket by writing a new X-Forwarded-For.
+    let s = Server::start(
+        &tmp.path().join("home"),
+        &w,
+        &data,
+        &[("RATE_LIMIT", "1"), ("RATE_LIMIT_BURST", "2")],
+    );
+    let statuses: Vec<u16> = (0..4)
+        .map(|i| get_as(&s, &format!("203.0.113.{i}")))
+        .collect();
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    drop(s);
+    // Behind a trusted proxy (the tests' loopback), each forwarded client has its own bucket,
+    // and what a client wrote left of the proxy's entry is not believed.
+    let s = Server::start(
+        &tmp.path().join("home2"),
+        &w,
+        &data,
+        &[
+            ("RATE_LIMIT", "1"),
+            ("RATE_LIMIT_BURST", "2"),
+            ("TRUSTED_PROXIES", "127.0.0.0/8"),
+        ],
+    );
+    let a: Vec<u16> = (0..3).map(|_| get_as(&s, "203.0.113.1")).collect();
+    assert_eq!(a, [200, 200, 429]);
+    assert_eq!(
+        get_as(&s, "203.0.113.2"),
+        200,
+        "another client behind the proxy"
+    );
+    assert_eq!(
+        get_as(&s, "198.51.100.7, 203.0.113.1"),
+        429,
+        "a spoofed first hop is not a new client"
+    );
+}
+
+/// Open descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Waits until the server closes `c` (EOF or reset); the seconds it took, or `None` if it is
+/// still open after `limit`.
+fn closed_within(c: &mut std::net::TcpStream, limit: std::time::Duration) -> Option<f64> {
+    use std::io::Read;
+    let t = std::time::Instant::now();
+    c.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return Some(t.elapsed().as_secs_f64()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(t.elapsed().as_secs_f64()),
+        }
+    }
+}
+
+#[test]
+fn slow_and_idle_clients_are_dropped_and_the_connection_cap_holds() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("set");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    let s = Server::start(
+        &tmp.path().join("home"),
+        &w,
+        &data,
+        &[
+            ("RATE_LIMIT", "0"),
+            ("HEADER_TIMEOUT", "2"),
+            ("IDLE_TIMEOUT", "3"),
+            ("MAX_CONNECTIONS", "50"),
+        ],
+    );
+    let pid = s.child.id();
+    assert_eq!(s.get("/status").status, 200);
+    let before = open_fds(pid);
+
+    // 40 clients send half a request line and then nothing, 9 send nothing at all, and one
+    // trickles a byte of headers every 300 ms: 50, the cap.
+    let mut held: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            c.write_all(b"GET /api/v1/sett").unwrap();
+            c
+        })
+        .collect();
+    held.extend((0..9).map(|_| TcpStream::connect(&s.addr).unwrap()));
+    let mut trickle = TcpStream::connect(&s.addr).unwrap();
+    // Until the server has accepted them all.
+    let t = Instant::now();
+    while open_fds(pid) < before + 50 && t.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let during = open_fds(pid);
+    assert!(during >= before + 50, "{before} → {during} descriptors");
+    // The 51st connection is answered at once, with a JSON 503 and Retry-After.
+    let r = s.get("/status");
+    expect_error(&r, 503, None, "past MAX_CONNECTIONS");
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    let start = Instant::now();
+    let trickler = std::thread::spawn(move || {
+        let line = b"GET /status HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaa";
+        for b in line.iter().cycle().take(200) {
+            if trickle.write_all(&[*b]).is_err() {
+                return Some(start.elapsed().as_secs_f64());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        None
+    });
+    // HEADER_TIMEOUT (2 s) drops the half-sent requests and IDLE_TIMEOUT (3 s) at the latest
+    // the silent ones, whatever they do.
+    for (i, c) in held.iter_mut().enumerate() {
+        let left = Duration::from_secs(5).saturating_sub(start.elapsed());
+        assert!(
+            closed_within(c, left.max(Duration::from_millis(10))).is_some(),
+            "connection {i} still open {:.1} s after the timeouts",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let t = trickler.join().unwrap();
+    assert!(
+        t.is_some_and(|t| t < 6.0),
+        "a client trickling its headers is kept past HEADER_TIMEOUT: {t:?}"
+    );
+    // Everyone else is served again, and the descriptors are given back.
+    assert_eq!(s.get("/status").status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = open_fds(pid);
+    assert!(after <= before + 2, "{before} → {after} descriptors");
+
+    // A kept-alive connection left idle after its answer is closed too.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.write_all(b"GET /status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let t = closed_within(&mut c, Duration::from_secs(6));
+    assert!(
+        t.is_some_and(|t| t < 4.5),
+        "idle keep-alive connection: {t:?}"
+    );
+
+    // A client that stops sending an upload's body half-way is dropped after IDLE_TIMEOUT,
+    // and its place in the embedding queue is freed.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let (ct, body) = multipart(&[("a.png", &png(40, 30, 1))]);
+    c.write_all(
+        format!(
+            "POST /api/v1/analyse HTTP/1.1\r\nhost: x\r\ncontent-type: {ct}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    c.write_all(&body[..body.len() / 2]).unwrap();
+    let t = closed_within(&mut c, Duration::from_secs(8));
+    assert!(
+        t.is_some_and(|t| (2.5..6.0).contains(&t)),
+        "stalled body: {t:?}"
+    );
+    let r = s.upload(&[("b.png", &png(40, 30, 2))], &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A client slow but within HEADER_TIMEOUT is served.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    c.write_all(b"GET /status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut c, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[test]
+fn sigterm_stops_accepting_and_exits_once_open_connections_close() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("set");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    let mut s = Server::start(
+        &tmp.path().join("home"),
+        &w,
+        &data,
+        &[("RATE_LIMIT", "0"), ("HEADER_TIMEOUT", "3")],
+    );
+    // An idle kept-alive connection and one stuck half-way through its headers.
+    let mut idle = TcpStream::connect(&s.addr).unwrap();
+    idle.write_all(b"GET /status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut stuck = TcpStream::connect(&s.addr).unwrap();
+    stuck.write_all(b"GET /stat").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let code = loop {
+        if let Some(code) = s.child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "still running {:.1} s after SIGTERM",
+            t.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "{code:?}");
+    assert!(s.log.lock().unwrap().contains("shutting down"));
+    drop((idle, stuck));
+}
+
+#[test]
+fn the_idle_timeout_never_cuts_short_a_request_in_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("set");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    // One request of 100 large images: the server works on it, the connection silent, for
+    // longer than IDLE_TIMEOUT.
+    let s = Server::start(
+        &tmp.path().join("home"),
+        &w,
+        &data,
+        &[("RATE_LIMIT", "0"), ("IDLE_TIMEOUT", "1")],
+    );
+    let files: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| (format!("{i}.png"), png(2400, 1800, i as u8)))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let t = std::time::Instant::now();
+    // A connection closed without an answer panics here ("no HTTP answer").
+    let r = s.upload(&refs, &[]);
+    let took = t.elapsed().as_secs_f64();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().map(Vec::len), Some(100));
+    assert!(
+        took > 1.5,
+        "the upload was answered in {took:.2} s: it did not outlast IDLE_TIMEOUT"
+    );
+}
+
+#[test]
+fn names_are_inert_in_pages_and_spreadsheets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("set");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    // The indexed images are 64×48 and larger: past this MAX_PIXELS.
+    let s = Server::start(
+        &tmp.path().join("home"),
+        &w,
+        &data,
+        &[("RATE_LIMIT", "0"), ("MAX_PIXELS", "2000")],
+    );
+    let names = [
+        "<img src=x onerror=alert(1)>.png",
+        "=HYPERLINK(1+1).png",
+        "@SUM(1+1)cmd.png",
+        "+cmd.png",
+        "-2+3.png",
+    ];
+    let mut hashes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let r = s.upload(&[(name, &png(30, 20, 40 + i as u8))], &[]);
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        hashes.push(
+            r.json()[0]["analysis"]["hash"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // The result page's <title> and body carry the name as text, never as markup.
+    let page = s.get(&format!("/a/{}", hashes[0]));
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(
+        html.contains("<title>&lt;img src=x onerror=alert(1)&gt;.png · kadr</title>"),
+        "{html}"
+    );
+    assert!(!html.contains("<img src=x"), "{html}");
+
+    // Formula-looking names are text cells in both CSVs; scores stay numbers.
+    let q = hashes.join(",");
+    for path in [
+        format!("/api/v1/export.csv?hashes={q}&t=-1"),
+        format!("/api/v1/submission.csv?hashes={q}&t=-1"),
+    ] {
+        let r = s.get(&path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let text = r.text();
+        let mut rows = csv::Reader::from_reader(text.as_bytes());
+        let firsts: Vec<String> = rows.records().map(|r| r.unwrap()[0].to_string()).collect();
+        assert_eq!(
+            firsts,
+            [
+                "<img src=x onerror=alert(1)>.png",
+                "'=HYPERLINK(1+1).png",
+                "'@SUM(1+1)cmd.png",
+                "'+cmd.png",
+                "'-2+3.png"
+            ],
+            "{path}"
+        );
+        for line in text.lines().skip(1) {
+            for cell in line.split(',') {
+                let formula = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+                assert!(
+                    !formula || cell.parse::<f64>().is_ok(),
+                    "{path}: cell {cell:?} starts like a formula"
+                );
+            }
+        }
+    }
+
+    // Thumbnails are decoded under MAX_PIXELS: an indexed image past it is refused from its
+    // header (413), while the file itself, which needs no decoding, is still served.
+    let a = s
+        .get(&format!("/api/v1/analysis?hash={}", hashes[1]))
+        .json();
+    let hit = a["hits"][0]["hash"].as_str().unwrap().to_string();
+    let thumb = s.get(&format!("/img/{hit}?size=thumb"));
+    expect_error(&thumb, 413, None, "thumbnail past MAX_PIXELS");
+    assert_eq!(s.get(&format!("/img/{hit}")).status, 200);
+    // An upload under the limit has its thumbnail.
+    let own = s.get(&format!("/img/{}?size=thumb", hashes[1]));
+    assert_eq!(own.status, 200);
+    assert_eq!(own.header("content-type"), Some("image/jpeg"));
 }

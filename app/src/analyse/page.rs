@@ -499,6 +499,16 @@ pub fn ResultPage() -> impl IntoView {
     }
 }
 
+/// The `<title>` text of a result page. leptos_meta writes the title into the server's HTML
+/// as it is given (and in the browser sets `document.title`, which is plain text), so the
+/// server's copy of a user-supplied name is escaped there.
+pub fn page_title(name: &str) -> String {
+    let title = format!("{name} · kadr");
+    #[cfg(feature = "ssr")]
+    let title = crate::escape_html(&title);
+    title
+}
+
 #[component]
 fn ResultView(defaults: UiDefaults, analysis: Arc<Analysis>) -> impl IntoView {
     let tuning = use_tuning(defaults.tuning);
@@ -506,7 +516,7 @@ fn ResultView(defaults: UiDefaults, analysis: Arc<Analysis>) -> impl IntoView {
         let h = analysis.hash.clone();
         move || vec![h.clone()]
     });
-    let title = format!("{} · kadr", analysis.name);
+    let title = page_title(&analysis.name);
     view! {
         <leptos_meta::Title text=title />
         <div class="grid gap-6 lg:grid-cols-[1fr_18rem]">

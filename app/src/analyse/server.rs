@@ -43,7 +43,8 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Analyses every file of a multipart form (any field name; the file name is kept). Files that
+/// Analyses every file of a multipart form (any field name; the file name is kept; parts that
+/// are not files, without a file name, are skipped, so a form with none is a 422). Files that
 /// are refused (too large, not an image, corrupt, a bad name) get an error each, with the status
 /// they would get alone; the others are analysed. When no file could be analysed the answer is
 /// that 4xx (422 when the reasons differ), with one error per file in `details`.
@@ -85,11 +86,16 @@ pub async fn analyse(data: MultipartData) -> Result<Vec<FileOutcome>, ApiError> 
                 ),
             ));
         }
-        let name = field
-            .file_name()
-            .or(field.name())
-            .unwrap_or("upload")
-            .to_string();
+        // A part without a file name is a form's text field, not a file: it is read past.
+        let Some(name) = field.file_name().map(str::to_string) else {
+            while field
+                .chunk()
+                .await
+                .map_err(|e| body_error(&e, format!("unreadable multipart body: {e}")))?
+                .is_some()
+            {}
+            continue;
+        };
         let mut bytes = Vec::new();
         let mut too_large = false;
         while let Some(chunk) = field
@@ -119,7 +125,10 @@ pub async fn analyse(data: MultipartData) -> Result<Vec<FileOutcome>, ApiError> 
         files.push((name, bytes));
     }
     if files.is_empty() {
-        return Err(ApiError::invalid("files", "no files in the request"));
+        return Err(ApiError::invalid(
+            "files",
+            "no files in the request (send the images as file parts of the form)",
+        ));
     }
     let outcomes = blocking(move |b| {
         let _slot = slot;

@@ -212,7 +212,7 @@ fn summarise(results: Vec<QueryResult>, images: usize, k: usize, mode: &str) -> 
 
 /// Writes one CSV row per query: path, category, predicted, confidence, ap.
 pub fn write_csv(report: &Report, w: impl std::io::Write) -> Result<()> {
-    let mut out = csv::Writer::from_writer(w);
+    let mut out = crate::csv_safe::Writer::from_writer(w);
     out.write_record(["image", "category", "predicted", "confidence", "ap_at_10"])?;
     for r in &report.results {
         out.write_record([

@@ -3,9 +3,11 @@
 //! concurrent requests into one forward pass; [`text`] embeds each image's text and [`fusion`]
 //! joins the two) → [`index`] + [`store`] (tied together by [`workspace`], shared by many
 //! threads at once) → [`vote`] → [`eval`] / [`submit`]. [`dataset`] finds labelled images on
-//! disk, [`jobs`] runs the stages over folders, [`settings`] is the one typed configuration.
+//! disk, [`jobs`] runs the stages over folders, [`settings`] is the one typed configuration;
+//! [`csv_safe`] writes CSV a spreadsheet will not run.
 
 pub mod batcher;
+pub mod csv_safe;
 pub mod dataset;
 pub mod decode;
 pub mod embed;

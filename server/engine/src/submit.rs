@@ -72,7 +72,7 @@ pub fn predict(
 
 /// Writes predictions in the documented column layout.
 pub fn write_csv(predictions: &[Prediction], w: impl std::io::Write) -> Result<()> {
-    let mut out = csv::Writer::from_writer(w);
+    let mut out = crate::csv_safe::Writer::from_writer(w);
     let mut header = vec!["image".to_string(), "category".into(), "confidence".into()];
     for i in 1..=NEIGHBOURS {
         header.push(format!("neighbour_{i}"));
@@ -138,5 +138,28 @@ mod tests {
             lines.next().unwrap(),
             "test/x.png,b,1.0000,train/b/2.png,0.8000,train/a/1.png,0.6000,,,,,,,,,,,,,,,,"
         );
+    }
+
+    #[test]
+    fn names_that_look_like_formulas_are_written_as_text() {
+        let preds = vec![Prediction {
+            image: "test/=HYPERLINK(\"http://x\",\"y\").png".into(),
+            category: Some("@SUM(1+1)".into()),
+            confidence: 0.5,
+            neighbours: vec![("+cmd.png".into(), -0.25)],
+        }];
+        let mut buf = Vec::new();
+        write_csv(&preds, &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let row = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .next()
+            .unwrap()
+            .unwrap();
+        // The path starts with "test/", so it is harmless as is; the others are prefixed.
+        assert_eq!(&row[0], "test/=HYPERLINK(\"http://x\",\"y\").png");
+        assert_eq!(&row[1], "'@SUM(1+1)");
+        assert_eq!(&row[3], "'+cmd.png");
+        assert_eq!(&row[4], "-0.2500", "a negative score stays a number");
     }
 }

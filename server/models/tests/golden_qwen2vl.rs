@@ -203,6 +203,143 @@ fn sampling_is_seeded() {
     println!("sampled: {:?}", a);
 }
 
+/// Softmax of `z / t` in f64.
+fn softmax_t(z: &[f64], t: f64) -> Vec<f64> {
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| ((v - m) / t).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}
+
+/// The tokens top-p keeps, as candle's sampler does: by falling probability until their sum
+/// reaches `top_p` (the one crossing it included).
+fn nucleus(probs: &[f64], top_p: f64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let mut sum = 0.0;
+    order
+        .into_iter()
+        .take_while(|&i| {
+            let keep = sum < top_p;
+            sum += probs[i];
+            keep
+        })
+        .collect()
+}
+
+/// The mean and standard deviation of the logit `z` of a token drawn from `probs`.
+fn logit_moments(z: &[f64], probs: &[f64]) -> (f64, f64) {
+    let mean: f64 = probs.iter().zip(z).map(|(p, v)| p * v).sum();
+    let var: f64 = probs
+        .iter()
+        .zip(z)
+        .map(|(p, v)| p * (v - mean).powi(2))
+        .sum();
+    (mean, var.sqrt())
+}
+
+/// Sampling draws from softmax(logits / temperature), cut to the top-p nucleus: checked on the
+/// first generated token of many seeded rows against the distribution computed from the
+/// model's own logits. A sampler that ignored the temperature (or top-p) fails: each case
+/// first asserts that the distributions it tells apart are far apart for this many draws.
+#[test]
+fn sampling_follows_temperature_and_top_p() {
+    const N: usize = 512;
+    let mut g = golden();
+    let p = Prompt {
+        input_ids: vec![40, 41, 42, 43],
+        images: vec![],
+    };
+    let logits = g.model.forward_prompts(std::slice::from_ref(&p)).unwrap();
+    let z: Vec<f64> = logits
+        .i((0, p.input_ids.len() - 1))
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let mut draw = |temperature: f64, top_p: Option<f64>| -> Vec<usize> {
+        let params = GenerationParams {
+            max_new_tokens: 1,
+            temperature: Some(temperature),
+            top_p,
+            seed: 11,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let rows = vec![p.clone(); N];
+        let out = g.model.generate(&rows, &params).unwrap();
+        out.into_iter().map(|t| t[0] as usize).collect()
+    };
+    let mean_logit = |tokens: &[usize]| tokens.iter().map(|&t| z[t]).sum::<f64>() / N as f64;
+
+    // Temperature: the mean logit of the drawn tokens is that of softmax(z / t).
+    // The tiny model's logits span about 1.6, so only low temperatures sharpen them much.
+    let temps = [0.1, 0.3, 1.0];
+    for &t in &temps {
+        let (want, sd) = logit_moments(&z, &softmax_t(&z, t));
+        let tol = 5.0 * sd / (N as f64).sqrt();
+        for &other in temps.iter().filter(|&&o| o != t) {
+            let (elsewhere, _) = logit_moments(&z, &softmax_t(&z, other));
+            assert!(
+                (elsewhere - want).abs() > 2.0 * tol,
+                "temperatures {t} and {other} too close to tell apart with {N} draws"
+            );
+        }
+        let got = mean_logit(&draw(t, None));
+        println!("temperature {t}: mean logit {got:.4}, expected {want:.4} ± {tol:.4}");
+        assert!(
+            (got - want).abs() < tol,
+            "temperature {t}: mean logit {got:.4}, expected {want:.4} ± {tol:.4}"
+        );
+    }
+
+    // Top-p: every drawn token lies in the nucleus (computed with a little slack for
+    // rounding), while without the cut N draws would leave it almost surely.
+    for (t, top_p) in [(3.0, 0.5), (1.0, 0.3)] {
+        let probs = softmax_t(&z, t);
+        let kept = nucleus(&probs, top_p + 0.02);
+        let outside: f64 = 1.0 - kept.iter().map(|&i| probs[i]).sum::<f64>();
+        assert!(
+            (1.0 - outside).powi(N as i32) < 1e-6,
+            "top-p {top_p} at {t}: only {outside:.3} of the mass is cut; the test could not fail"
+        );
+        let drawn = draw(t, Some(top_p));
+        let strays: Vec<usize> = drawn
+            .iter()
+            .copied()
+            .filter(|d| !kept.contains(d))
+            .collect();
+        println!(
+            "top-p {top_p} at temperature {t}: nucleus of {} tokens of {}, {} strays",
+            kept.len(),
+            z.len(),
+            strays.len()
+        );
+        assert!(
+            strays.is_empty(),
+            "tokens outside the top-p nucleus: {strays:?}"
+        );
+        // Inside the nucleus the draws still follow the tempered distribution.
+        let exact = nucleus(&probs, top_p);
+        let mass: f64 = exact.iter().map(|&i| probs[i]).sum();
+        let mut inner = vec![0.0; z.len()];
+        for &i in &exact {
+            inner[i] = probs[i] / mass;
+        }
+        let (want, sd) = logit_moments(&z, &inner);
+        let tol = 5.0 * sd / (N as f64).sqrt() + 1e-9;
+        let got = mean_logit(&drawn);
+        assert!(
+            (got - want).abs() < tol,
+            "top-p {top_p} at {t}: mean logit {got:.4}, expected {want:.4} ± {tol:.4}"
+        );
+    }
+}
+
 #[test]
 fn zero_shot_scores_match_full_forward() {
     let mut g = golden();

@@ -1,6 +1,8 @@
 //! The background jobs the dataset page starts: index a folder, re-index all, evaluate. One
 //! runs at a time, on its own thread; the index stays searchable and uploads are served while
-//! it adds to the index (see `kadr_engine::workspace`).
+//! it adds to the index (see `kadr_engine::workspace`). Each job and its progress is recorded
+//! in the history: after a kill the job shows as interrupted, and running it again resumes
+//! (indexing skips what the store already has).
 
 use super::{lock, EngineBackend};
 use app::errors::ApiError;
@@ -46,41 +48,66 @@ impl EngineBackend {
                 total: 0,
                 message: String::new(),
             };
+            // Recorded before it starts, so a kill leaves it marked interrupted, not lost.
+            lock(&self.inner.history)?
+                .put_job(&job, &request)
+                .map_err(super::internal)?;
             jobs.push(job.clone());
             job
         };
         let me = self.clone();
         let id = job.id;
         std::thread::spawn(move || {
-            let outcome = me.run_job(id, request);
-            if let Ok(mut jobs) = me.inner.jobs.lock() {
-                if let Some(j) = jobs.iter_mut().find(|j| j.id == id) {
-                    match outcome {
-                        Ok(message) => {
-                            j.state = JobState::Done;
-                            j.done = j.total;
-                            j.message = message;
-                        }
-                        Err(e) => {
-                            tracing::error!("job {id} failed: {e:#}");
-                            j.state = JobState::Failed;
-                            j.message = format!("{e:#}");
-                        }
-                    }
+            let outcome = me.run_job(id, request.clone());
+            me.update_job(id, &request, |j| match outcome {
+                Ok(message) => {
+                    j.state = JobState::Done;
+                    j.done = j.total;
+                    j.message = message;
                 }
-            }
+                Err(e) => {
+                    tracing::error!("job {id} failed: {e:#}");
+                    j.state = JobState::Failed;
+                    j.message = if super::disk_full(&e) {
+                        format!(
+                            "the server's disk is full: the batches stored before it are kept; \
+                             free space and run the job again ({e:#})"
+                        )
+                    } else {
+                        format!("{e:#}")
+                    };
+                }
+            });
         });
         Ok(job)
     }
 
+    /// Changes job `id` in the list and in the history.
+    fn update_job(&self, id: u64, request: &JobRequest, change: impl FnOnce(&mut JobStatus)) {
+        let Ok(mut jobs) = self.inner.jobs.lock() else {
+            return;
+        };
+        let Some(j) = jobs.iter_mut().find(|j| j.id == id) else {
+            return;
+        };
+        change(j);
+        let stored = self
+            .inner
+            .history
+            .lock()
+            .map_err(|_| anyhow::anyhow!("history unavailable"))
+            .and_then(|h| h.put_job(j, request));
+        if let Err(e) = stored {
+            tracing::error!("cannot record job {id}: {e:#}");
+        }
+    }
+
     fn run_job(&self, id: u64, request: JobRequest) -> anyhow::Result<String> {
         let set = |done: usize, total: usize| {
-            if let Ok(mut jobs) = self.inner.jobs.lock() {
-                if let Some(j) = jobs.iter_mut().find(|j| j.id == id) {
-                    j.done = done as u64;
-                    j.total = total as u64;
-                }
-            }
+            self.update_job(id, &request, |j| {
+                j.done = done as u64;
+                j.total = total as u64;
+            });
         };
         let folders = match &request {
             JobRequest::AddFolder { folder } => vec![PathBuf::from(folder)],
@@ -91,7 +118,7 @@ impl EngineBackend {
                 .map(|f| f.clone())
                 .unwrap_or_default(),
         };
-        match request {
+        match &request {
             JobRequest::AddFolder { .. } | JobRequest::Reindex => {
                 // One indexing run over everything: the workspace is shared, so nothing
                 // waits for it, and the index is written at its checkpoints only. Files gone

@@ -92,9 +92,66 @@ impl Drop for Turn<'_> {
     }
 }
 
+/// Clears what a kill can leave in the uploads folder: temporary files of a write cut short,
+/// and uploads written but never recorded (the request was not answered). Every file left is
+/// an analysis in the history.
+fn reconcile_uploads(dir: &std::path::Path, history: &History) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_hash = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_hash || !history.has_hash(&name)? {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::warn!(
+            "removed {removed} file(s) from {} left by an interrupted upload",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, ApiError> {
     m.lock()
         .map_err(|_| ApiError::internal("the engine is unavailable after an earlier failure"))
+}
+
+/// Whether an error, anywhere in its chain, is a full disk (`ENOSPC`, or SQLite's
+/// `SQLITE_FULL`).
+pub(crate) fn disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc::ENOSPC)
+        });
+        let sqlite = matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
+        );
+        io || sqlite
+    })
+}
+
+/// A failure to keep something on disk: `507 Insufficient Storage` with a message that says
+/// so when the disk is full (nothing was kept; the request can be sent again once there is
+/// room), else an internal error.
+fn storage(e: impl Into<anyhow::Error>) -> ApiError {
+    let e = e.into();
+    if disk_full(&e) {
+        tracing::error!("disk full: {e:#}");
+        ApiError::new(
+            507,
+            "the server's disk is full: nothing was kept; send it again once space is freed",
+        )
+    } else {
+        internal(e)
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -134,6 +191,14 @@ impl EngineBackend {
         vlm: Option<Qwen2Vl>,
     ) -> anyhow::Result<Self> {
         let history = History::open(&settings.home.join("history.sqlite"))?;
+        let interrupted = history.interrupt_running()?;
+        if interrupted > 0 {
+            tracing::warn!(
+                "{interrupted} job(s) were interrupted by the last stop: run them again"
+            );
+        }
+        let stored_jobs = history.jobs()?;
+        reconcile_uploads(&settings.home.join("uploads"), &history)?;
         // Analyses are kept per vector space (the visual model, or the fused space).
         let model = ws.space_id().to_string();
         let visual_model = ws.embedder().model_id().to_string();
@@ -151,7 +216,7 @@ impl EngineBackend {
             .collect();
         let batching = BatchConfig::from_settings(settings);
         let batcher = Batcher::new(ws.shared_embedder(), batching);
-        Ok(Self {
+        let me = Self {
             inner: Arc::new(Inner {
                 ws: Arc::new(ws),
                 batcher,
@@ -174,7 +239,7 @@ impl EngineBackend {
                 index_batch: settings.max_batch_size,
                 data_roots,
                 folders: Mutex::new(folders),
-                jobs: Mutex::new(Vec::new()),
+                jobs: Mutex::new(stored_jobs.iter().map(|(j, _)| j.clone()).collect()),
                 started: Instant::now(),
                 // As many uploads in progress as the batcher can put into its passes.
                 queue: crate::queue::WorkQueue::new(
@@ -189,7 +254,23 @@ impl EngineBackend {
                 ),
                 vlm: vlm.map(Mutex::new),
             }),
-        })
+        };
+        // Folders added from the dataset page before a restart are served again (where they
+        // are still allowed), so re-indexing after a kill covers them.
+        for (job, request) in &stored_jobs {
+            if let JobRequest::AddFolder { folder } = request {
+                if job.state == JobState::Failed {
+                    continue;
+                }
+                if let Ok(path) = me.allowed_folder(folder) {
+                    let mut folders = lock(&me.inner.folders)?;
+                    if !folders.contains(&path) {
+                        folders.push(path);
+                    }
+                }
+            }
+        }
+        Ok(me)
     }
 
     fn model(&self) -> &str {

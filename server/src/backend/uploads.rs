@@ -2,6 +2,7 @@
 //! request's threads) → the batcher's shared forward pass → text (VLM or ImageNet labels) →
 //! search; and the upload storage (bytes kept by content hash for the permanent page).
 
+use super::storage;
 use super::{internal, lock, ms, now, EngineBackend};
 use crate::history::Record;
 use app::analyse::FileOutcome;
@@ -304,14 +305,14 @@ impl EngineBackend {
         let path = self.upload_path(&hash);
         if !path.exists() {
             let dir = path.parent().expect("uploads folder");
-            std::fs::create_dir_all(dir).map_err(internal)?;
-            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(internal)?;
-            std::io::Write::write_all(&mut tmp, bytes).map_err(internal)?;
-            tmp.persist(&path).map_err(internal)?;
+            std::fs::create_dir_all(dir).map_err(storage)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(storage)?;
+            std::io::Write::write_all(&mut tmp, bytes).map_err(storage)?;
+            tmp.persist(&path).map_err(|e| storage(e.error))?;
         }
         lock(&self.inner.history)?
             .put(self.model(), &record)
-            .map_err(internal)?;
+            .map_err(storage)?;
         Ok(FileOutcome {
             name: name.to_string(),
             analysis: Some(self.to_analysis(record, None, &Filter::all())?),
@@ -334,6 +335,11 @@ impl EngineBackend {
             .map_err(internal)?;
         row.map(|(r, _)| PathBuf::from(r.path))
             .ok_or_else(|| ApiError::not_found(format!("no image with hash {hash}")))
+    }
+
+    /// Largest image this server decodes (`MAX_PIXELS`).
+    pub fn max_pixels(&self) -> u64 {
+        self.inner.max_pixels
     }
 
     /// Folder for cached thumbnails.

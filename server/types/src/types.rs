@@ -398,6 +398,9 @@ pub enum JobState {
     Running,
     Done,
     Failed,
+    /// The server stopped (was killed, crashed) while the job ran; what it had committed is
+    /// kept, and running it again finishes it.
+    Interrupted,
 }
 
 /// A job's progress.

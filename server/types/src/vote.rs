@@ -155,7 +155,8 @@ pub fn passing(scores: &[f32], cfg: &VoteConfig) -> Vec<usize> {
         .collect()
 }
 
-/// Votes over `(category, similarity)` neighbours, best first.
+/// Votes over `(category, similarity)` neighbours, best first. Neighbours without a category
+/// (`""`) do not vote, as in evaluation and submissions, whose references are all labelled.
 pub fn vote<'a>(neighbours: impl IntoIterator<Item = (&'a str, f32)>, cfg: &VoteConfig) -> Vote {
     let hits: Vec<(&str, f32)> = neighbours.into_iter().take(cfg.k).collect();
     let best = hits.iter().map(|h| h.1).fold(f32::NEG_INFINITY, f32::max);
@@ -164,7 +165,9 @@ pub fn vote<'a>(neighbours: impl IntoIterator<Item = (&'a str, f32)>, cfg: &Vote
     let mut tally: BTreeMap<&str, (f32, f32)> = BTreeMap::new();
     let mut voters = 0;
     for (cat, score) in hits {
-        if score < floor || score.is_nan() {
+        // An unlabelled neighbour (an image indexed outside any category folder) is shown
+        // but has nothing to vote for.
+        if score < floor || score.is_nan() || cat.is_empty() {
             continue;
         }
         let Some(cat) = cfg.rules.apply(cat) else {
@@ -271,5 +274,28 @@ mod tests {
         assert_eq!(vote(n, &k1).voters, 1);
         assert_eq!(vote([], &VoteConfig::default()).category, None);
         assert!(CategoryRules::parse("oops", "").is_err());
+    }
+
+    #[test]
+    fn unlabelled_neighbours_do_not_vote() {
+        let n = [("", 0.95), ("", 0.9), ("a", 0.5), ("b", 0.4), ("a", 0.3)];
+        let v = vote(n, &VoteConfig::default());
+        assert_eq!(v.category.as_deref(), Some("a"));
+        assert_eq!(v.voters, 3);
+        assert!((v.confidence - 2.0 / 3.0).abs() < 1e-6);
+        assert!(v.split.iter().all(|(c, _)| !c.is_empty()), "{:?}", v.split);
+        // They still take their place among the k nearest.
+        let k2 = VoteConfig {
+            k: 2,
+            ..Default::default()
+        };
+        let v = vote(n, &k2);
+        assert_eq!((v.category, v.voters), (None, 0));
+        // A rename cannot give them a category either.
+        let renamed = VoteConfig {
+            rules: CategoryRules::parse("=a", "").unwrap_or_default(),
+            ..Default::default()
+        };
+        assert_eq!(vote(n, &renamed).voters, 3);
     }
 }
