@@ -155,27 +155,25 @@ fn workspace_on_milvus_survives_a_server_killed_mid_job_and_reconciles_with_the_
         let bytes = std::fs::read(data.join(format!("train/{cat}/{i}.png"))).unwrap();
         queries.push(ws.embed_bytes(&bytes).unwrap());
     }
-    let paths = |hits: Vec<kadr_engine::workspace::Neighbour>| -> Vec<String> {
-        hits.into_iter().map(|h| h.path).collect()
-    };
     for q in &queries {
         for filter in [
             Filter::all(),
             Filter::references(),
             Filter::parse("", "green"),
         ] {
-            assert_eq!(
-                paths(ws.search(q, 10, &filter).unwrap()),
-                paths(faiss.search(q, 10, &filter).unwrap()),
-                "{filter:?}"
-            );
+            let got = ws.search(q, 10, &filter).unwrap();
+            same_ranking(&got, &faiss.search(q, 10, &filter).unwrap());
+            assert!(got.iter().all(|g| filter.matches(&g.split, &g.category)));
         }
     }
     let before = ws.search(&queries[0], 10, &Filter::all()).unwrap();
 
     // Rebuilt from the store: the same again.
     ws.rebuild_index().unwrap();
-    assert_eq!(ws.search(&queries[0], 10, &Filter::all()).unwrap(), before);
+    same_ranking(
+        &ws.search(&queries[0], 10, &Filter::all()).unwrap(),
+        &before,
+    );
     drop(ws);
 
     // Rows lost behind kadr's back (or a crash before they reached Milvus): the next open
@@ -188,5 +186,31 @@ fn workspace_on_milvus_survives_a_server_killed_mid_job_and_reconciles_with_the_
     drop(direct);
     let ws = Workspace::open_configured(&home, embedder(), None, config).unwrap();
     assert_eq!(ws.len(), 126);
-    assert_eq!(ws.search(&queries[0], 10, &Filter::all()).unwrap(), before);
+    same_ranking(
+        &ws.search(&queries[0], 10, &Filter::all()).unwrap(),
+        &before,
+    );
+}
+
+/// The same top hits up to near-ties: Milvus sums inner products in another order than FAISS
+/// (and than itself over other segments), so neighbours within 1e-5 may trade places.
+fn same_ranking(
+    got: &[kadr_engine::workspace::Neighbour],
+    want: &[kadr_engine::workspace::Neighbour],
+) {
+    assert_eq!(got.len(), want.len());
+    let last = want.last().map_or(f32::MIN, |h| h.score);
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g.score - w.score).abs() < 1e-5,
+            "{} vs {}",
+            g.score,
+            w.score
+        );
+        assert!(
+            want.iter().any(|x| x.path == g.path) || (g.score - last).abs() < 1e-5,
+            "{} is not among the expected top hits",
+            g.path
+        );
+    }
 }
