@@ -17,10 +17,11 @@ impl Filter {
         Self::default()
     }
 
-    /// Only `train/` and `valid/` images: the labelled references a submission votes with.
+    /// The labelled references a submission votes with: `train/` and `valid/` images, and
+    /// those of a folder without splits (split `""`): never `test/` images.
     pub fn references() -> Self {
         Self {
-            splits: vec!["train".into(), "valid".into()],
+            splits: vec![String::new(), "train".into(), "valid".into()],
             categories: Vec::new(),
         }
     }
@@ -66,7 +67,9 @@ mod tests {
         assert_eq!(f.splits, ["train", "valid"]);
         assert!(f.matches("train", "cat") && f.matches("valid", ""));
         assert!(!f.matches("test", "cat"));
-        assert_eq!(f, Filter::references());
+        assert!(
+            Filter::references().matches("", "cat") && !Filter::references().matches("test", "cat")
+        );
         let c = Filter::parse("", "dog");
         assert!(c.matches("test", "dog") && !c.matches("test", "cat"));
         assert!(Filter::parse(" , ", "").is_empty());
