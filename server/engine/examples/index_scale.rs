@@ -9,7 +9,7 @@
 
 use anyhow::Result;
 use kadr_engine::index::{Entry, FaissIndex, FaissParams, Filter, Hit, IndexKind, VectorIndex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const CLUSTERS: usize = 1000;
 const K: usize = 10;
@@ -217,6 +217,7 @@ fn milvus_runs(
     truth: &[Vec<Hit>],
 ) -> Result<()> {
     use kadr_engine::index::milvus::{MilvusConfig, MilvusIndex};
+    use std::time::Duration;
     let pid = std::env::var("MILVUS_PID").ok();
     let server_rss = || -> String {
         pid.as_ref()

@@ -78,7 +78,10 @@ pub fn ideal_nlist(n: usize) -> usize {
 /// min(128, dim / 8), so a 1280-d vector becomes 128 bytes.
 pub(crate) fn pq_subquantizers(dim: usize) -> usize {
     let cap = (dim / 8).clamp(1, 128);
-    (1..=cap).rev().find(|m| dim % m == 0).unwrap_or(1)
+    (1..=cap)
+        .rev()
+        .find(|&m| dim.is_multiple_of(m))
+        .unwrap_or(1)
 }
 
 /// The structure actually built (an IVF kind is flat until trained).

@@ -122,9 +122,12 @@ pub fn filter_expr(filter: &Filter) -> String {
     parts.join(" && ")
 }
 
+/// The client's error (176 bytes: boxed wherever it is returned).
+type MilvusError = milvus::error::Error;
+
 /// Whether an error may pass once the server is back: the connection, not the request.
-fn transient(e: &milvus::error::Error) -> bool {
-    use milvus::error::Error as E;
+fn transient(e: &MilvusError) -> bool {
+    use MilvusError as E;
     match e {
         E::Communication(_) => true,
         E::Grpc(status) => matches!(
@@ -279,7 +282,7 @@ impl MilvusIndex {
                         .and_then(|p| p.value.parse::<usize>().ok());
                     if let Some(found) = found {
                         if found != dim {
-                            return Err(milvus::error::Error::Unexpected(format!(
+                            return Err(MilvusError::Unexpected(format!(
                                 "collection {name} holds {found}-d vectors, this space has {dim}-d"
                             )));
                         }
@@ -292,7 +295,7 @@ impl MilvusIndex {
     }
 
     /// The client, connected (again) if need be.
-    fn client(&self) -> Result<Client, milvus::error::Error> {
+    fn client(&self) -> Result<Client, Box<MilvusError>> {
         if let Some(c) = &*self.client.read().unwrap_or_else(|p| p.into_inner()) {
             return Ok(c.clone());
         }
@@ -306,16 +309,16 @@ impl MilvusIndex {
     /// workers included (the future runs on the runtime's own threads).
     fn run<T: Send + 'static>(
         &self,
-        fut: impl Future<Output = Result<T, milvus::error::Error>> + Send + 'static,
-    ) -> Result<T, milvus::error::Error> {
+        fut: impl Future<Output = Result<T, MilvusError>> + Send + 'static,
+    ) -> Result<T, Box<MilvusError>> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.rt.spawn(async move {
-            let _ = tx.send(fut.await);
+            let _ = tx.send(fut.await.map_err(Box::new));
         });
         rx.recv().unwrap_or_else(|_| {
-            Err(milvus::error::Error::Unexpected(
+            Err(Box::new(MilvusError::Unexpected(
                 "the Milvus client's runtime stopped".into(),
-            ))
+            )))
         })
     }
 
@@ -325,7 +328,7 @@ impl MilvusIndex {
     where
         T: Send + 'static,
         F: Fn(Client) -> Fut,
-        Fut: Future<Output = Result<T, milvus::error::Error>> + Send + 'static,
+        Fut: Future<Output = Result<T, MilvusError>> + Send + 'static,
     {
         let start = Instant::now();
         let mut wait = Duration::from_millis(200);
