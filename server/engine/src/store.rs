@@ -542,6 +542,27 @@ impl Store {
         Ok(format!("{n}:{s}:g{}", self.generation(model)?))
     }
 
+    /// Rows stored for `model`.
+    pub fn count(&self, model: &str) -> Result<usize> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM images WHERE model = ?1",
+            [model],
+            |r| r.get(0),
+        )?;
+        Ok(n as usize)
+    }
+
+    /// Rows of `model` whose text has an embedding under `text_model`: what a fused index
+    /// holds.
+    pub fn count_with_text(&self, model: &str, text_model: &str) -> Result<usize> {
+        let n: i64 = self.conn.query_row(
+            &format!("SELECT count(*) FROM images i {TEXT_JOIN} WHERE i.model = :model"),
+            named_params! {":model": model, ":text_model": text_model},
+            |r| r.get(0),
+        )?;
+        Ok(n as usize)
+    }
+
     /// How many changes `model`'s rows have seen.
     pub fn generation(&self, model: &str) -> Result<u64> {
         Ok(self
@@ -638,6 +659,7 @@ mod tests {
             vec![3.0, -3.0]
         );
         assert_eq!(s.entries("m").unwrap()[0].split, "train");
+        assert_eq!(s.count("m").unwrap(), 2);
         assert_eq!(
             s.paths_under("m", "/a").unwrap(),
             vec![(new[0], "/a.png".to_string())]
@@ -747,6 +769,7 @@ mod tests {
             .map(|e| e.id)
             .collect();
         assert_eq!(fused, vec![ids[0], ids[1]]);
+        assert_eq!(s.count_with_text("m", "t").unwrap(), 2);
         assert!(s
             .fingerprint_with_text("m", "t")
             .unwrap()

@@ -300,7 +300,7 @@ impl Workspace {
                     return Ok(());
                 };
                 let index = self.open_milvus(dim)?;
-                let stored = self.space_entries()?.len();
+                let stored = self.space_len()?;
                 let index = if trusted && index.len() == stored {
                     index
                 } else {
@@ -420,6 +420,16 @@ impl Workspace {
         }
     }
 
+    /// How many vectors this space's index must hold.
+    fn space_len(&self) -> Result<usize> {
+        match &self.fusion {
+            None => self.store().count(self.embedder.model_id()),
+            Some(f) => self
+                .store()
+                .count_with_text(self.embedder.model_id(), f.text.model_id()),
+        }
+    }
+
     /// Every vector of this space, from the store.
     fn space_vectors_all(&self) -> Result<(Vec<Entry>, Vec<f32>)> {
         self.space_vectors_where(None)
@@ -512,7 +522,7 @@ impl Workspace {
     /// After a job: if the backend counts other than the store (a Milvus server that lost
     /// writes in a crash, say), reconciles it. The caller holds the writer's lock.
     fn verify_index(&self) -> Result<()> {
-        let want = self.space_entries()?.len();
+        let want = self.space_len()?;
         let have = match &*self.index_ref() {
             Some(index) => index.count()?,
             None => 0,
@@ -765,23 +775,32 @@ impl Workspace {
     }
 
     fn remove_paths_locked(&self, paths: &[String]) -> Result<usize> {
-        let model = self.embedder.model_id().to_string();
-        let mut store = self.store();
+        let model = self.embedder.model_id();
         let mut ids = Vec::new();
-        for p in paths {
-            if let Some((id, _)) = store.hash_of_path(&model, p)? {
-                ids.push(id);
+        {
+            let store = self.store();
+            for p in paths {
+                if let Some((id, _)) = store.hash_of_path(model, p)? {
+                    ids.push(id);
+                }
             }
         }
+        self.remove_ids_locked(&ids)
+    }
+
+    /// Removes stored images by id from the store and the index. The caller holds the
+    /// writer's lock.
+    fn remove_ids_locked(&self, ids: &[i64]) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let n = store.remove(&model, &ids)?;
+        let mut store = self.store();
+        let n = store.remove(self.embedder.model_id(), ids)?;
         drop(store);
         // The write guard ends with this block: the checkpoint below reads the index.
         let rebuild = match &mut *self.index_mut() {
             Some(index) if index.supports_remove() => {
-                index.remove(&ids)?;
+                index.remove(ids)?;
                 false
             }
             Some(_) => true,
@@ -803,21 +822,20 @@ impl Workspace {
         present: &std::collections::HashSet<String>,
     ) -> Result<usize> {
         let _writer = lock(&self.writer);
-        let gone: Vec<String> = self
+        let gone: Vec<i64> = self
             .store()
             .paths_under(self.embedder.model_id(), prefix)?
             .into_iter()
-            .map(|(_, p)| p)
-            .filter(|p| !present.contains(p))
+            .filter(|(_, p)| !present.contains(p))
+            .map(|(id, _)| id)
             .collect();
-        if gone.is_empty() {
-            return Ok(0);
+        if !gone.is_empty() {
+            tracing::info!(
+                "removing {} images whose files are gone from {prefix}",
+                gone.len()
+            );
         }
-        tracing::info!(
-            "removing {} images whose files are gone from {prefix}",
-            gone.len()
-        );
-        self.remove_paths_locked(&gone)
+        self.remove_ids_locked(&gone)
     }
 
     /// Embeds image bytes (any supported format) into this workspace's space.

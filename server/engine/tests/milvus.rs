@@ -9,6 +9,7 @@ use kadr_testkit as common;
 
 use candle_core::Device;
 use common::milvus::MilvusServer;
+use common::unit_vectors;
 use kadr_engine::embed::Embedder;
 use kadr_engine::index::milvus::{MilvusConfig, MilvusIndex};
 use kadr_engine::index::{
@@ -17,23 +18,6 @@ use kadr_engine::index::{
 use kadr_engine::jobs::index_folder;
 use kadr_engine::workspace::Workspace;
 use std::time::Duration;
-
-fn unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    let mut v: Vec<f32> = (0..n * dim)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        })
-        .collect();
-    for row in v.chunks_mut(dim) {
-        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-        row.iter_mut().for_each(|x| *x /= n);
-    }
-    v
-}
 
 fn ids(r: &[Vec<kadr_engine::index::Hit>]) -> Vec<Vec<i64>> {
     r.iter().map(|h| h.iter().map(|x| x.id).collect()).collect()

@@ -559,22 +559,7 @@ fn last_faiss_error() -> String {
 mod tests {
     use super::*;
 
-    fn unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        let mut v: Vec<f32> = (0..n * dim)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect();
-        for row in v.chunks_mut(dim) {
-            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-            row.iter_mut().for_each(|x| *x /= n);
-        }
-        v
-    }
+    use kadr_testkit::unit_vectors;
 
     fn entries(ids: &[i64]) -> Vec<Entry> {
         ids.iter()
