@@ -5,7 +5,9 @@
 //!
 //! Data: `N` (default 1,000,000) synthetic 1280-d vectors in 1,000 Gaussian clusters,
 //! L2-normalised (image embeddings are clustered by content, not uniform); queries are fresh
-//! points of random clusters. Env: N, DIM, QUERIES (recall set, default 1000), MILVUS_URI.
+//! points of random clusters. Env: N, DIM, QUERIES (recall set, default 1000), KINDS (FAISS
+//! kinds to measure, default `hnsw,ivf,ivfpq`; exact flat is always built for the truth),
+//! MILVUS_URI.
 
 use anyhow::Result;
 use kadr_engine::index::{Entry, FaissIndex, FaissParams, Filter, Hit, IndexKind, VectorIndex};
