@@ -162,13 +162,18 @@ fn main() -> Result<()> {
         (n * dim * 4) as f64 / (1 << 20) as f64
     );
 
+    let kinds: Vec<IndexKind> = std::iter::once(Ok(IndexKind::Flat))
+        .chain(
+            std::env::var("KINDS")
+                .unwrap_or_else(|_| "hnsw,ivf,ivfpq".into())
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && *k != "flat")
+                .map(str::parse::<IndexKind>),
+        )
+        .collect::<Result<_>>()?;
     let mut truth = Vec::new();
-    for kind in [
-        IndexKind::Flat,
-        IndexKind::Hnsw,
-        IndexKind::Ivf,
-        IndexKind::IvfPq,
-    ] {
+    for kind in kinds {
         let base = rss_mib();
         peak_rss_mib(true);
         let t = Instant::now();

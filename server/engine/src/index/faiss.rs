@@ -3,7 +3,7 @@
 //! - `flat` (`IDMap2,Flat`): exact, the default; right up to a few hundred thousand vectors.
 //! - `hnsw` (`IDMap2,HNSW32,Flat`): a graph; fast at millions. FAISS cannot remove from it in
 //!   place, so removals rebuild it. `HNSW_EF_SEARCH` trades speed for recall.
-//! - `ivf` (`IVF{nlist},Flat`) and `ivfpq` (`IVF{nlist},PQ{m}`, about `m` bytes a vector):
+//! - `ivf` (`IVF{nlist},Flat`) and `ivfpq` (`IVF{nlist},PQ{m}np`, about `m` bytes a vector):
 //!   k-means cells trained on a sample of the stored vectors. Until [`FaissParams::train_min`]
 //!   vectors exist they search exactly (a flat index: training on a handful of images gives
 //!   useless cells); past it the workspace rebuilds them trained, and again whenever the set has
@@ -192,8 +192,10 @@ impl FaissIndex {
             IndexKind::Hnsw => ("IDMap2,HNSW32,Flat".to_string(), Built::Hnsw),
             _ if ivf => {
                 let nlist = ideal_nlist(n);
+                // `np`: no polysemous training (it reorders the codes for Hamming-distance
+                // filtering, which kadr does not use, and took 530 s of a 540 s build here).
                 let codes = match params.kind {
-                    IndexKind::IvfPq => format!("PQ{}", pq_subquantizers(dim)),
+                    IndexKind::IvfPq => format!("PQ{}np", pq_subquantizers(dim)),
                     _ => "Flat".into(),
                 };
                 (
