@@ -5,16 +5,24 @@
 //!
 //! Data: `N` (default 1,000,000) synthetic 1280-d vectors in 1,000 Gaussian clusters,
 //! L2-normalised (image embeddings are clustered by content, not uniform); queries are fresh
-//! points of random clusters. Env: N, DIM, QUERIES (recall set, default 1000), KINDS (FAISS
+//! points of random clusters. IVF-PQ is also measured as the workspace searches it: `RERANK` ×
+//! 10 candidates re-scored against the vectors in a real kadr store (SQLite on disk, written
+//! by the bench first). Env: N, DIM, QUERIES (recall set, default 1000), KINDS (FAISS
 //! kinds to measure, default `hnsw,ivf,ivfpq`; exact flat is always built for the truth),
 //! MILVUS_URI.
 
 use anyhow::Result;
-use kadr_engine::index::{Entry, FaissIndex, FaissParams, Filter, Hit, IndexKind, VectorIndex};
+use kadr_engine::index::{
+    rerank as rerank_hits, Entry, FaissIndex, FaissParams, Filter, Hit, IndexKind, VectorIndex,
+    DEFAULT_RERANK,
+};
+use kadr_engine::store::{NewImage, Store};
 use std::time::Instant;
 
 const CLUSTERS: usize = 1000;
 const K: usize = 10;
+/// The model id the bench's store rows carry.
+const MODEL: &str = "index_scale";
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -110,21 +118,31 @@ fn measure(
     truth: &[Vec<Hit>],
 ) -> Result<String> {
     let all = Filter::all();
+    measure_with(&|q| index.search(q, K, &all), queries, dim, truth)
+}
+
+/// [`measure`] of any search (queries → top-10 of each).
+fn measure_with(
+    search: &dyn Fn(&[f32]) -> Result<Vec<Vec<Hit>>>,
+    queries: &[f32],
+    dim: usize,
+    truth: &[Vec<Hit>],
+) -> Result<String> {
     let nq = queries.len() / dim;
     let singles = nq.min(300);
     let mut one = Vec::with_capacity(singles);
     for q in queries.chunks(dim).take(singles) {
         let t = Instant::now();
-        index.search(q, K, &all)?;
+        search(q)?;
         one.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let mut batch = Vec::new();
     for b in queries.chunks(100 * dim).take(10) {
         let t = Instant::now();
-        index.search(b, K, &all)?;
+        search(b)?;
         batch.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let got = index.search(queries, K, &all)?;
+    let got = search(queries)?;
     Ok(format!(
         "1 query p50 {:.2} ms p99 {:.2} ms | 100 queries p50 {:.1} ms p99 {:.1} ms | recall@10 {:.4}",
         percentile(one.clone(), 0.5),
@@ -133,6 +151,62 @@ fn measure(
         percentile(batch, 0.99),
         recall(&got, truth)
     ))
+}
+
+/// The vectors in a real kadr store (SQLite, on disk), as the workspace keeps them: where
+/// IVF-PQ's candidates are re-scored from.
+fn bench_store(entries: &[Entry], data: &[f32], dim: usize) -> Result<(tempfile::TempDir, Store)> {
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(&dir.path().join("kadr.sqlite"))?;
+    let t = Instant::now();
+    for (e, d) in entries.chunks(4096).zip(data.chunks(4096 * dim)) {
+        let rows: Vec<NewImage> = e
+            .iter()
+            .zip(d.chunks(dim))
+            .map(|(e, v)| NewImage {
+                path: format!("img/{}.jpg", e.id),
+                hash: format!("{:016x}", e.id),
+                split: e.split.clone(),
+                category: e.category.clone(),
+                width: 1,
+                height: 1,
+                embedding: v.to_vec(),
+                labels: None,
+            })
+            .collect();
+        let (ids, _) = store.insert_batch(MODEL, &rows)?;
+        anyhow::ensure!(
+            ids.iter().zip(e).all(|(a, b)| *a == b.id),
+            "store ids differ from the entries'"
+        );
+    }
+    println!(
+        "store: {} vectors written to SQLite in {:.1} s",
+        entries.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok((dir, store))
+}
+
+/// IVF-PQ searched for `RERANK` × 10 candidates per query, re-scored from the store, as the
+/// workspace does.
+fn measure_reranked(
+    index: &dyn VectorIndex,
+    store: &Store,
+    rerank: usize,
+    queries: &[f32],
+    dim: usize,
+    truth: &[Vec<Hit>],
+) -> Result<String> {
+    let all = Filter::all();
+    let search = |q: &[f32]| -> Result<Vec<Vec<Hit>>> {
+        let candidates = index.search(q, K * rerank, &all)?;
+        q.chunks(dim)
+            .zip(&candidates)
+            .map(|(q, c)| rerank_hits(q, c, K, |ids| store.vectors_of(MODEL, ids)))
+            .collect()
+    };
+    measure_with(&search, queries, dim, truth)
 }
 
 fn main() -> Result<()> {
@@ -172,6 +246,12 @@ fn main() -> Result<()> {
                 .map(str::parse::<IndexKind>),
         )
         .collect::<Result<_>>()?;
+    // IVF-PQ is re-ranked from the stored vectors, so the store is written first.
+    let store = if kinds.contains(&IndexKind::IvfPq) {
+        Some(bench_store(&entries, &data, dim)?)
+    } else {
+        None
+    };
     let mut truth = Vec::new();
     for kind in kinds {
         let base = rss_mib();
@@ -191,7 +271,7 @@ fn main() -> Result<()> {
         );
         // The search-time knob, swept on the built index.
         let sweep: &[usize] = match kind {
-            IndexKind::Hnsw => &[32, 64, 256],
+            IndexKind::Hnsw => &[32, 64, 256, 512],
             IndexKind::Ivf | IndexKind::IvfPq => &[8, 16, 64],
             IndexKind::Flat => &[],
         };
@@ -203,11 +283,26 @@ fn main() -> Result<()> {
                 measure(&index, &queries, dim, &truth)?
             );
         }
+        if let (true, Some((_, store))) = (index.approximate(), &store) {
+            for &(nprobe, rerank) in &[(8, DEFAULT_RERANK), (32, DEFAULT_RERANK), (32, 50)] {
+                index.set_search_params(nprobe, nprobe)?;
+                println!(
+                    "faiss {:<45}|                                     | {}",
+                    format!("{} rerank={rerank}", index.structure()),
+                    measure_reranked(&index, store, rerank, &queries, dim, &truth)?
+                );
+            }
+        }
     }
+    drop(store);
 
+    // Milvus gets the same vectors made again chunk by chunk, so that this process does not
+    // hold them beside the server.
+    drop(data);
     #[cfg(feature = "milvus")]
     if let Ok(uri) = std::env::var("MILVUS_URI") {
-        milvus_runs(&uri, dim, &entries, &data, &queries, &truth)?;
+        let chunk = |start: usize, n: usize| points(&centres, dim, start, n, 1);
+        milvus_runs(&uri, dim, &entries, &chunk, &queries, &truth)?;
     }
     #[cfg(not(feature = "milvus"))]
     println!("milvus: not measured (build with --features milvus and set MILVUS_URI)");
@@ -219,7 +314,7 @@ fn milvus_runs(
     uri: &str,
     dim: usize,
     entries: &[Entry],
-    data: &[f32],
+    chunk: &dyn Fn(usize, usize) -> Vec<f32>,
     queries: &[f32],
     truth: &[Vec<Hit>],
 ) -> Result<()> {
@@ -249,8 +344,8 @@ fn milvus_runs(
         m.recreate()?;
         let t = Instant::now();
         let rows = 4096;
-        for (e, d) in entries.chunks(rows).zip(data.chunks(rows * dim)) {
-            m.add(e, d)?;
+        for (i, e) in entries.chunks(rows).enumerate() {
+            m.add(e, &chunk(i * rows, e.len()))?;
         }
         m.persist()?;
         let loaded = t.elapsed().as_secs_f64();

@@ -338,6 +338,10 @@ pub struct Settings {
     /// HNSW candidates kept per query (INDEX_KIND=hnsw): more is slower and finds more
     #[arg(long, env = "HNSW_EF_SEARCH", value_name = "HNSW_EF_SEARCH", default_value_t = crate::index::faiss::DEFAULT_EF_SEARCH, value_parser = check::between("HNSW_EF_SEARCH", 1usize, 65_536), global = true)]
     pub hnsw_ef_search: usize,
+    /// Candidates per result re-scored exactly from the store when the index compares
+    /// compressed vectors (INDEX_KIND=ivfpq); 1 turns re-ranking off
+    #[arg(long, env = "RERANK", value_name = "RERANK", default_value_t = crate::index::DEFAULT_RERANK, value_parser = check::between("RERANK", 1usize, 1_000), global = true)]
+    pub rerank: usize,
     /// Compiled web assets (pkg/ with the WASM bundle)
     #[arg(
         long,
@@ -499,6 +503,7 @@ impl Settings {
             },
             milvus_uri: self.milvus_uri.clone(),
             milvus_timeout: std::time::Duration::from_secs(self.milvus_timeout_s),
+            rerank: self.rerank,
         }
     }
 

@@ -862,15 +862,27 @@ impl Workspace {
     }
 
     /// The `k` most similar indexed images to an embedding among those `filter` lets
-    /// through.
+    /// through. An index with approximate scores (IVF-PQ) is asked for `rerank` × `k`
+    /// candidates, which are re-scored exactly against the stored vectors.
     pub fn search(&self, query: &[f32], k: usize, filter: &Filter) -> Result<Vec<Neighbour>> {
-        let hits: Vec<Hit> = match &*self.index_ref() {
+        let (hits, refine): (Vec<Hit>, bool) = match &*self.index_ref() {
             None => return Ok(Vec::new()),
-            Some(index) => index
-                .search(query, k, filter)?
-                .into_iter()
-                .next()
-                .unwrap_or_default(),
+            Some(index) => {
+                let refine = index.approximate() && self.config.rerank > 1;
+                let wanted = if refine {
+                    k.saturating_mul(self.config.rerank)
+                } else {
+                    k
+                };
+                let hits = index.search(query, wanted, filter)?.into_iter().next();
+                (hits.unwrap_or_default(), refine)
+            }
+        };
+        // After the index's lock: re-ranking reads the store.
+        let hits = if refine {
+            crate::index::rerank(query, &hits, k, |ids| self.space_vectors_of(ids))?
+        } else {
+            hits
         };
         let ids: Vec<i64> = hits.iter().map(|h| h.id).collect();
         let rows = self.store().rows(&ids)?;

@@ -259,3 +259,78 @@ fn fused_space_needs_image_text() {
     );
     assert!(ws.is_empty());
 }
+
+/// IVF-PQ compares compressed codes; the workspace fetches `rerank` × k candidates and
+/// re-scores them against the stored vectors, so its scores are the exact cosines and its
+/// neighbours those of an exact search. With re-ranking off the scores are the codes'.
+#[test]
+fn ivfpq_searches_are_reranked_from_the_store() {
+    use kadr_engine::index::{FaissParams, IndexConfig};
+    use kadr_engine::jobs::index_folder;
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = common::tiny_convnext(tmp.path());
+    let data = tmp.path().join("data");
+    // PQ trains 256 centroids per sub-quantiser: over fewer distinct vectors its codes would
+    // be exact. 400 distinct images (the four colours the synthetic set has).
+    common::synthetic_dataset(&data, &["red", "green", "blue", "yellow"], 100);
+    let open = |home: &Path, rerank: usize| {
+        let e = Embedder::load("convnext_test", &weights, Device::Cpu, 4).unwrap();
+        let config = IndexConfig {
+            faiss: FaissParams {
+                train_min: 256,
+                nprobe: 4,
+                ..FaissParams::of(IndexKind::IvfPq)
+            },
+            rerank,
+            ..IndexConfig::faiss(IndexKind::IvfPq)
+        };
+        Workspace::open_configured(home, e, None, config).unwrap()
+    };
+    let ws = open(&tmp.path().join("home"), 10);
+    index_folder(&ws, &data, 16, &|_, _| {}).unwrap();
+    assert!(
+        ws.index_description().starts_with("faiss ivfpq nlist="),
+        "{}",
+        ws.index_description()
+    );
+    let stored = ws.vectors_under("").unwrap();
+    assert_eq!(stored.len(), 400);
+    let exact = |q: &[f32]| -> Vec<(String, f32)> {
+        let mut s: Vec<(String, f32)> = stored
+            .iter()
+            .map(|(r, v)| (r.path.clone(), v.iter().zip(q).map(|(a, b)| a * b).sum()))
+            .collect();
+        s.sort_by(|a, b| b.1.total_cmp(&a.1));
+        s.truncate(5);
+        s
+    };
+    let (mut found, mut off_exact) = (0, 0usize);
+    let plain = open(&tmp.path().join("home"), 1);
+    for (row, q) in stored.iter().step_by(20) {
+        let want = exact(q);
+        let got = ws.search(q, 5, &Filter::all()).unwrap();
+        assert_eq!(got.len(), 5);
+        assert!(got[0].score > 0.9999, "{} finds itself first", row.path);
+        for h in &got {
+            let v = &stored.iter().find(|(r, _)| r.path == h.path).unwrap().1;
+            let cos: f32 = v.iter().zip(q).map(|(a, b)| a * b).sum();
+            assert!((h.score - cos).abs() < 1e-5, "re-ranked scores are exact");
+        }
+        // Rank by rank the exact search's scores (equal images tie, so not its paths).
+        found += got
+            .iter()
+            .zip(&want)
+            .filter(|(h, (_, s))| (h.score - s).abs() < 1e-5)
+            .count();
+        for h in plain.search(q, 5, &Filter::all()).unwrap() {
+            let v = &stored.iter().find(|(r, _)| r.path == h.path).unwrap().1;
+            let cos: f32 = v.iter().zip(q).map(|(a, b)| a * b).sum();
+            off_exact += usize::from((h.score - cos).abs() > 1e-4);
+        }
+    }
+    assert!(found >= 95, "re-ranked recall@5 {found}/100");
+    assert!(
+        off_exact > 0,
+        "without re-ranking the scores are the codes'"
+    );
+}

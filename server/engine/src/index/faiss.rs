@@ -369,6 +369,10 @@ fn training_sample(vectors: &[f32], dim: usize, max: usize) -> Vec<f32> {
 }
 
 impl VectorIndex for FaissIndex {
+    fn approximate(&self) -> bool {
+        self.params.kind == IndexKind::IvfPq && matches!(self.built, Built::Ivf { .. })
+    }
+
     fn describe(&self) -> String {
         format!("faiss {}", self.structure())
     }
@@ -656,6 +660,32 @@ mod tests {
             // 229/500); a search ignoring the filter's ranking would find almost none.
             let least = if kind == IndexKind::IvfPq { 150 } else { 350 };
             assert!(agree >= least, "{kind:?} filtered recall@10 {agree}/500");
+            assert_eq!(idx.approximate(), kind == IndexKind::IvfPq);
+            if kind == IndexKind::IvfPq {
+                // Re-scored from the exact vectors, 10 candidates per result find them all.
+                let wide = idx.search(q, 100, &filter).unwrap();
+                let agree: usize = wide
+                    .iter()
+                    .zip(q.chunks(dim))
+                    .zip(&want)
+                    .map(|((c, q), w)| {
+                        let hits = super::super::rerank(q, c, 10, |ids| {
+                            let rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+                            Ok((
+                                rows.iter().map(|&i| e[i].clone()).collect(),
+                                rows.iter()
+                                    .flat_map(|&i| v[i * dim..(i + 1) * dim].to_vec())
+                                    .collect(),
+                            ))
+                        })
+                        .unwrap();
+                        hits.iter()
+                            .filter(|h| w.iter().any(|x| x.id == h.id))
+                            .count()
+                    })
+                    .sum();
+                assert!(agree >= 490, "re-ranked IVF-PQ recall@10 {agree}/500");
+            }
         }
         // A filter nothing passes finds nothing.
         let none = Filter::parse("nowhere", "");

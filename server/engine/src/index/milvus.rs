@@ -403,6 +403,10 @@ impl MilvusIndex {
 }
 
 impl VectorIndex for MilvusIndex {
+    fn approximate(&self) -> bool {
+        self.cfg.kind == IndexKind::IvfPq
+    }
+
     fn describe(&self) -> String {
         format!(
             "milvus {:?} {} at {}",

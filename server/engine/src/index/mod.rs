@@ -62,6 +62,9 @@ pub struct IndexConfig {
     pub faiss: FaissParams,
     pub milvus_uri: String,
     pub milvus_timeout: std::time::Duration,
+    /// Candidates fetched per result and re-scored exactly from the store when the index's
+    /// scores are approximate (IVF-PQ); 1 keeps the index's own order.
+    pub rerank: usize,
 }
 
 impl IndexConfig {
@@ -74,6 +77,7 @@ impl IndexConfig {
             milvus_timeout: std::time::Duration::from_secs(
                 crate::settings::DEFAULT_MILVUS_TIMEOUT_S,
             ),
+            rerank: DEFAULT_RERANK,
         }
     }
 
@@ -162,11 +166,80 @@ pub trait VectorIndex: Send + Sync {
     fn ids(&self) -> Result<Option<Vec<i64>>> {
         Ok(None)
     }
+
+    /// Whether its scores are approximations of the cosine (IVF-PQ compares compressed codes):
+    /// the workspace then fetches more candidates and [`rerank`]s them against the stored
+    /// vectors.
+    fn approximate(&self) -> bool {
+        false
+    }
+}
+
+/// Candidates fetched per wanted result from an index with approximate scores, by default.
+pub const DEFAULT_RERANK: usize = 10;
+
+/// Re-scores one query's `candidates` exactly against their vectors and keeps the best `k`
+/// (ties by id). `vectors` returns the entries and vectors of the ids it is given that still
+/// exist (the store's rows); a candidate removed meanwhile drops out.
+pub fn rerank(
+    query: &[f32],
+    candidates: &[Hit],
+    k: usize,
+    vectors: impl FnOnce(&[i64]) -> Result<(Vec<Entry>, Vec<f32>)>,
+) -> Result<Vec<Hit>> {
+    let ids: Vec<i64> = candidates.iter().map(|h| h.id).collect();
+    let (entries, data) = vectors(&ids)?;
+    let dim = query.len();
+    if data.len() != entries.len() * dim {
+        bail!(
+            "re-ranking: {} stored values for {} vectors of {dim} dimensions",
+            data.len(),
+            entries.len()
+        );
+    }
+    let mut hits: Vec<Hit> = entries
+        .iter()
+        .zip(data.chunks_exact(dim.max(1)))
+        .map(|(e, v)| Hit {
+            id: e.id,
+            score: v.iter().zip(query).map(|(a, b)| a * b).sum(),
+        })
+        .collect();
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    hits.truncate(k);
+    Ok(hits)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rerank_orders_by_exact_score_and_drops_missing() {
+        // Approximate order 1, 2, 3, 4; exact scores say 3 > 1 > 4 and 2 is gone.
+        let stored = [(1, [0.8f32, 0.6]), (3, [1.0, 0.0]), (4, [0.0, 1.0])];
+        let hits: Vec<Hit> = [1, 2, 3, 4]
+            .iter()
+            .map(|&id| Hit { id, score: 0.9 })
+            .collect();
+        let got = rerank(&[1.0, 0.0], &hits, 2, |ids| {
+            assert_eq!(ids, [1, 2, 3, 4]);
+            let rows: Vec<_> = stored.iter().filter(|(id, _)| ids.contains(id)).collect();
+            Ok((
+                rows.iter()
+                    .map(|(id, _)| Entry {
+                        id: *id,
+                        split: String::new(),
+                        category: String::new(),
+                    })
+                    .collect(),
+                rows.iter().flat_map(|(_, v)| *v).collect(),
+            ))
+        })
+        .unwrap();
+        assert_eq!(got, [Hit { id: 3, score: 1.0 }, Hit { id: 1, score: 0.8 }]);
+        assert!(rerank(&[1.0, 0.0], &hits, 2, |_| Ok((vec![], vec![1.0]))).is_err());
+    }
 
     #[test]
     fn index_kinds_parse() {
