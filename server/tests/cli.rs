@@ -132,6 +132,54 @@ fn index_search_eval_submit() {
     // categories of 4 each).
     assert!(map > 0.8, "MAP@10 {map}");
 
+    // Query expansion: eval's figure is again that of the searches, each valid image
+    // expanded by its two best train neighbours and searched among the train images.
+    let qe = ["--qe", "2", "--qe-alpha", "1"];
+    let out = ok(&kadr(
+        &home,
+        &w,
+        &[&["eval", "--data", d][..], &qe].concat(),
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (v["qe"].as_u64(), v["qe_alpha"].as_f64()),
+        (Some(2), Some(1.0))
+    );
+    assert!(out.contains("query expansion: 2 neighbours"), "{out}");
+    let map_qe = v["map_at_10"].as_f64().unwrap();
+    let mut aps = Vec::new();
+    for name in ["red", "green", "blue"] {
+        for i in 0..2 {
+            let q = data.join(format!("valid/{name}/v{i}.png"));
+            let args = [
+                &["search", "--json", "-k", "10", "--split", "train"][..],
+                &qe,
+                &[q.to_str().unwrap()],
+            ]
+            .concat();
+            let v: serde_json::Value =
+                serde_json::from_str(ok(&kadr(&home, &w, &args)).trim()).unwrap();
+            let mut hits = 0;
+            let mut sum = 0.0;
+            for (rank, h) in v["neighbours"].as_array().unwrap().iter().enumerate() {
+                assert!(h["path"].as_str().unwrap().contains("train/"), "{v}");
+                if h["category"] == name {
+                    hits += 1;
+                    sum += hits as f64 / (rank + 1) as f64;
+                }
+            }
+            aps.push(sum / 4.0);
+        }
+    }
+    let want = aps.iter().sum::<f64>() / aps.len() as f64;
+    assert!(
+        (map_qe - want).abs() < 1e-6,
+        "eval --qe 2 says MAP@10 {map_qe}, the searches give {want} ({aps:?})"
+    );
+    let out = kadr(&home, &w, &["search", "--qe", "1000", q.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--qe must be at most 100"));
+
     let csv_path = tmp.path().join("sub.csv");
     ok(&kadr(
         &home,

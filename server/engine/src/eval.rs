@@ -2,6 +2,7 @@
 //! by min(k, relevant)), k-NN vote accuracy, per-category precision/recall, the confusion
 //! matrix and the worst queries; leave-one-out over one set, or queries against an index set.
 
+use crate::expand::Expansion;
 use crate::index::{FaissIndex, Filter, VectorIndex};
 use crate::vote::{vote, VoteConfig};
 use anyhow::Result;
@@ -81,8 +82,14 @@ pub fn average_precision(relevance: &[bool], relevant_total: usize, k: usize) ->
 }
 
 /// Leave-one-out over `items` (each image queries all others), or, with `queries`, each
-/// query against `items` as the index. `cfg.k` neighbours vote; MAP uses 10.
-pub fn evaluate(items: &[Item], queries: Option<&[Item]>, cfg: &VoteConfig) -> Result<Report> {
+/// query against `items` as the index. `cfg.k` neighbours vote; MAP uses 10. With `qe` on,
+/// each query is expanded with its first neighbours (never itself) and searched again.
+pub fn evaluate(
+    items: &[Item],
+    queries: Option<&[Item]>,
+    cfg: &VoteConfig,
+    qe: &Expansion,
+) -> Result<Report> {
     const MAP_K: usize = 10;
     anyhow::ensure!(!items.is_empty(), "nothing to evaluate: no labelled images");
     let dim = items[0].embedding.len();
@@ -98,7 +105,28 @@ pub fn evaluate(items: &[Item], queries: Option<&[Item]>, cfg: &VoteConfig) -> R
         .flat_map(|i| i.embedding.iter().copied())
         .collect();
     let depth = MAP_K.max(cfg.k) + usize::from(leave_one_out);
-    let hits = index.search(&qdata, depth, &Filter::all())?;
+    let mut hits = index.search(&qdata, depth, &Filter::all())?;
+    if !qe.is_off() {
+        // Each query with its first neighbours, itself left out; the items stay as they are.
+        let expanded: Vec<f32> = qdata
+            .chunks(dim)
+            .zip(&hits)
+            .enumerate()
+            .flat_map(|(qi, (q, hits))| {
+                let neighbours = hits
+                    .iter()
+                    .filter(|h| !(leave_one_out && h.id as usize == qi))
+                    .map(|h| {
+                        (
+                            &data[h.id as usize * dim..(h.id as usize + 1) * dim],
+                            h.score,
+                        )
+                    });
+                qe.expand(q, neighbours)
+            })
+            .collect();
+        hits = index.search(&expanded, depth, &Filter::all())?;
+    }
 
     let mut per_cat_count: BTreeMap<&str, usize> = BTreeMap::new();
     for it in items {
@@ -110,6 +138,7 @@ pub fn evaluate(items: &[Item], queries: Option<&[Item]>, cfg: &VoteConfig) -> R
             .into_iter()
             .map(|h| (h.id as usize, h.score))
             .filter(|&(id, _)| !(leave_one_out && id == qi))
+            .take(depth - usize::from(leave_one_out))
             .collect();
         let relevance: Vec<bool> = ranked
             .iter()
@@ -309,6 +338,45 @@ mod tests {
         }
     }
 
+    /// q's second category-mate a2 is farther from q than b is, but near q's first mate a1:
+    /// expanded by a1 (and not by itself), q finds a2 before b.
+    #[test]
+    fn query_expansion_finds_the_neighbours_of_neighbours() {
+        let v3 = |p: &str, c: &str, v: [f32; 3]| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            Item {
+                path: p.into(),
+                category: c.into(),
+                embedding: v.iter().map(|x| x / n).collect(),
+            }
+        };
+        let items = vec![
+            v3("q", "a", [1.0, 0.0, 0.0]),
+            v3("a1", "a", [0.8, 0.6, 0.0]),
+            v3("a2", "a", [0.28, 0.96, 0.0]),
+            v3("b", "b", [0.5, 0.0, 0.866]),
+            v3("b2", "b", [0.1, 0.0, 0.995]),
+        ];
+        let cfg = VoteConfig::default();
+        let ap_of_q = |qe: Expansion| {
+            let r = evaluate(&items, None, &cfg, &qe).unwrap();
+            let q = r.results.iter().find(|r| r.path == "q").unwrap().clone();
+            (q.ap, q.neighbours)
+        };
+        let (plain, order) = ap_of_q(Expansion::off());
+        assert!((plain - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-9, "{order:?}");
+        let (expanded, order) = ap_of_q(Expansion { n: 1, alpha: 0.0 });
+        assert_eq!(expanded, 1.0, "{order:?}");
+        assert!(
+            order.iter().all(|(p, _)| p != "q"),
+            "a query never finds itself"
+        );
+        // Queries against the items (not leave-one-out) expand the same way.
+        let q = vec![items[0].clone()];
+        let r = evaluate(&items[1..], Some(&q), &cfg, &Expansion { n: 1, alpha: 0.0 }).unwrap();
+        assert_eq!(r.results[0].ap, 1.0);
+    }
+
     #[test]
     fn leave_one_out_on_two_clusters() {
         let items = vec![
@@ -323,7 +391,7 @@ mod tests {
             k: 2,
             ..Default::default()
         };
-        let r = evaluate(&items, None, &cfg).unwrap();
+        let r = evaluate(&items, None, &cfg, &Expansion::off()).unwrap();
         assert_eq!((r.images, r.queries), (6, 6));
         assert_eq!(r.vote_accuracy, 5.0 / 6.0);
         let b3 = r.results.iter().find(|q| q.path == "b3").unwrap();
@@ -339,7 +407,7 @@ mod tests {
         assert_eq!((a.category.as_str(), a.recall), ("a", 1.0));
         assert_eq!(a.precision, 3.0 / 4.0);
         let q = [item("q", "b", [0.0, 1.0])];
-        let r2 = evaluate(&items, Some(&q), &cfg).unwrap();
+        let r2 = evaluate(&items, Some(&q), &cfg, &Expansion::off()).unwrap();
         assert_eq!(r2.results[0].ap, 1.0);
     }
 

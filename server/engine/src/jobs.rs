@@ -4,6 +4,7 @@
 
 use crate::dataset::{scan, LabeledFile};
 use crate::eval::{evaluate, Item, Report};
+use crate::expand::Expansion;
 use crate::fusion::{check_weight, fuse};
 use crate::submit::{predict, Prediction, Reference};
 use crate::vote::VoteConfig;
@@ -122,12 +123,13 @@ pub fn eval_folder(
     dir: &Path,
     mode: EvalMode,
     cfg: &VoteConfig,
+    qe: &Expansion,
     batch: usize,
     progress: &dyn Fn(usize, usize),
 ) -> Result<(Report, IndexReport)> {
     let (_, indexed) = index_folder(ws, dir, batch, progress)?;
     let all = labelled(ws, dir)?;
-    Ok((evaluate_labelled(&all, dir, mode, cfg)?, indexed))
+    Ok((evaluate_labelled(&all, dir, mode, cfg, qe)?, indexed))
 }
 
 /// The evaluation of one space over a fused workspace's folder: the visual vectors alone
@@ -144,6 +146,7 @@ pub fn eval_fusion_folder(
     dir: &Path,
     mode: EvalMode,
     cfg: &VoteConfig,
+    qe: &Expansion,
     weights: &[f32],
     batch: usize,
     progress: &dyn Fn(usize, usize),
@@ -166,7 +169,7 @@ pub fn eval_fusion_folder(
                 item(&dir_abs, row.clone(), embedding)
             })
             .collect();
-        let report = evaluate_labelled(&all, dir, mode, cfg)?;
+        let report = evaluate_labelled(&all, dir, mode, cfg, qe)?;
         out.push(SpaceReport { weight, report });
     }
     Ok((out, indexed))
@@ -179,6 +182,7 @@ fn evaluate_labelled(
     dir: &Path,
     mode: EvalMode,
     cfg: &VoteConfig,
+    qe: &Expansion,
 ) -> Result<Report> {
     let has = |s: &str| all.iter().any(|(split, _)| split == s);
     let split_mode = match mode {
@@ -207,6 +211,7 @@ fn evaluate_labelled(
             &labelled_items(Some("train")),
             Some(&labelled_items(Some("valid"))),
             cfg,
+            qe,
         )
     } else {
         let items = labelled_items(None);
@@ -219,7 +224,7 @@ fn evaluate_labelled(
                 categories.len()
             );
         }
-        evaluate(&items, None, cfg)
+        evaluate(&items, None, cfg, qe)
     }
 }
 

@@ -2,7 +2,8 @@
 //! [`decode`] → [`preprocess`] → [`embed`] (backbones from `kadr-models`; [`batcher`] gathers
 //! concurrent requests into one forward pass; [`text`] embeds each image's text and [`fusion`]
 //! joins the two) → [`index`] + [`store`] (tied together by [`workspace`], shared by many
-//! threads at once) → [`vote`] → [`eval`] / [`submit`]. [`dataset`] finds labelled images on
+//! threads at once; [`expand`] widens a query with its neighbours) → [`vote`] → [`eval`] /
+//! [`submit`]. [`dataset`] finds labelled images on
 //! disk, [`jobs`] runs the stages over folders, [`settings`] is the one typed configuration;
 //! [`csv_safe`] writes CSV a spreadsheet will not run.
 
@@ -12,6 +13,7 @@ pub mod dataset;
 pub mod decode;
 pub mod embed;
 pub mod eval;
+pub mod expand;
 pub mod fusion;
 pub mod index;
 pub mod jobs;

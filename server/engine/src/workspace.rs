@@ -902,6 +902,32 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// [`Self::search`] with the query first expanded by its `qe.n` best neighbours among
+    /// those `filter` lets through (query expansion; with `qe` off, a plain search).
+    pub fn search_expanded(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+        qe: &crate::expand::Expansion,
+    ) -> Result<Vec<Neighbour>> {
+        if qe.is_off() {
+            return self.search(query, k, filter);
+        }
+        let first = self.search(query, qe.n, filter)?;
+        let ids: Vec<i64> = first.iter().map(|h| h.id).collect();
+        let (entries, data) = self.space_vectors_of(&ids)?;
+        let dim = query.len();
+        let neighbours = first.iter().filter_map(|h| {
+            let i = entries.iter().position(|e| e.id == h.id)?;
+            Some((&data[i * dim..(i + 1) * dim], h.score))
+        });
+        let expanded = qe.expand(query, neighbours);
+        self.search(&expanded, k, filter)
+    }
+}
+
 /// An image's text, which a fused space cannot do without.
 fn require_text(text: Option<String>) -> Result<String> {
     text.context(

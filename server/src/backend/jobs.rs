@@ -151,6 +151,7 @@ impl EngineBackend {
                     &folder,
                     EvalMode::Auto,
                     &cfg,
+                    &kadr_engine::expand::Expansion::off(),
                     self.inner.index_batch,
                     &set,
                 )?;

@@ -1,7 +1,7 @@
 //! `kadr eval --data DIR [--fusion]`: MAP@10, vote accuracy, per-category precision/recall,
 //! for one space or the visual space against fused ones; the last line printed is JSON.
 
-use super::{progress_bar, report_failures, VoteArgs};
+use super::{progress_bar, report_failures, ExpansionArgs, VoteArgs};
 use anyhow::Result;
 use clap::Args;
 use kadr_engine::fusion::EmbeddingKind;
@@ -20,6 +20,8 @@ pub struct EvalArgs {
     mode: EvalMode,
     #[command(flatten)]
     vote: VoteArgs,
+    #[command(flatten)]
+    qe: ExpansionArgs,
     /// Write the full report (per category, confusion matrix, worst queries) as JSON
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -36,6 +38,7 @@ pub struct EvalArgs {
 
 pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
     let cfg = a.vote.config()?;
+    let qe = a.qe.expansion()?;
     let batch = s.max_batch_size;
     if a.fusion {
         anyhow::ensure!(
@@ -54,22 +57,32 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
             &a.data,
             a.mode,
             &cfg,
+            &qe,
             &weights,
             batch,
             &progress_bar("embed"),
         )?;
         report_failures(&indexed.failed);
-        print_fusion_sweep(&ws, &spaces, s.fusion_weight);
+        print_fusion_sweep(&ws, &spaces, s.fusion_weight, &qe);
         return Ok(());
     }
     let ws = Workspace::open(&s)?;
-    let (report, indexed) = eval_folder(&ws, &a.data, a.mode, &cfg, batch, &progress_bar("embed"))?;
+    let (report, indexed) = eval_folder(
+        &ws,
+        &a.data,
+        a.mode,
+        &cfg,
+        &qe,
+        batch,
+        &progress_bar("embed"),
+    )?;
     report_failures(&indexed.failed);
     println!(
-        "model: {}  mode: {}  k: {}",
+        "model: {}  mode: {}  k: {}{}",
         ws.space_id(),
         report.mode,
-        report.k
+        report.k,
+        qe_note(&qe)
     );
     println!(
         "{:<16} {:>6} {:>8} {:>9} {:>7}",
@@ -94,6 +107,8 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
         "queries": report.queries,
         "mode": report.mode,
         "k": report.k,
+        "qe": qe.n,
+        "qe_alpha": qe.alpha,
         "model": ws.space_id(),
     });
     println!("{summary}");
@@ -102,7 +117,21 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
 
 /// Prints `kadr eval --fusion`: one line per space, the best fused weight marked, and a JSON
 /// summary as the last line.
-fn print_fusion_sweep(ws: &Workspace, spaces: &[kadr_engine::jobs::SpaceReport], weight: f32) {
+/// `  query expansion: N neighbours, α A` when it is on.
+fn qe_note(qe: &kadr_engine::expand::Expansion) -> String {
+    if qe.is_off() {
+        String::new()
+    } else {
+        format!("  query expansion: {} neighbours, α {}", qe.n, qe.alpha)
+    }
+}
+
+fn print_fusion_sweep(
+    ws: &Workspace,
+    spaces: &[kadr_engine::jobs::SpaceReport],
+    weight: f32,
+    qe: &kadr_engine::expand::Expansion,
+) {
     let Some(first) = spaces.first() else {
         return;
     };
@@ -113,12 +142,13 @@ fn print_fusion_sweep(ws: &Workspace, spaces: &[kadr_engine::jobs::SpaceReport],
         .and_then(|sp| sp.weight);
     let text_model = ws.fusion().map(|f| f.text.model_id()).unwrap_or_default();
     println!(
-        "visual: {}  text: {}  mode: {}  k: {}  images: {}",
+        "visual: {}  text: {}  mode: {}  k: {}  images: {}{}",
         ws.embedder().model_id(),
         text_model,
         first.report.mode,
         first.report.k,
-        first.report.images
+        first.report.images,
+        qe_note(qe)
     );
     println!("{:<14} {:>8} {:>9}", "space", "MAP@10", "vote acc");
     for sp in spaces {
@@ -158,6 +188,8 @@ fn print_fusion_sweep(ws: &Workspace, spaces: &[kadr_engine::jobs::SpaceReport],
         "queries": first.report.queries,
         "mode": first.report.mode,
         "k": first.report.k,
+        "qe": qe.n,
+        "qe_alpha": qe.alpha,
         "model": ws.embedder().model_id(),
         "text_model": text_model,
     });

@@ -39,6 +39,32 @@ pub struct VoteArgs {
     ignore: String,
 }
 
+/// Query expansion, for `kadr search` and `kadr eval`.
+#[derive(Args, Clone, Copy)]
+pub struct ExpansionArgs {
+    /// Query expansion: average each query with its N best neighbours, then search again
+    /// (0: off)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    qe: usize,
+    /// Query expansion: each neighbour weighs its similarity to this power
+    #[arg(long, value_name = "ALPHA", default_value_t = kadr_engine::expand::DEFAULT_ALPHA)]
+    qe_alpha: f32,
+}
+
+impl ExpansionArgs {
+    pub fn expansion(&self) -> Result<kadr_engine::expand::Expansion> {
+        anyhow::ensure!(self.qe <= 100, "--qe must be at most 100");
+        anyhow::ensure!(
+            self.qe_alpha.is_finite() && (0.0..=100.0).contains(&self.qe_alpha),
+            "--qe-alpha must be within 0..100"
+        );
+        Ok(kadr_engine::expand::Expansion {
+            n: self.qe,
+            alpha: self.qe_alpha,
+        })
+    }
+}
+
 impl VoteArgs {
     pub fn config(&self) -> Result<VoteConfig> {
         anyhow::ensure!(self.k > 0, "--k must be at least 1");

@@ -1,7 +1,8 @@
-//! `kadr search IMAGE... [--split S] [--category C]`: the most similar indexed images (of
-//! those splits and categories) and the voted category.
+//! `kadr search IMAGE... [--split S] [--category C] [--qe N]`: the most similar indexed images
+//! (of those splits and categories, the query expanded by its N best neighbours if asked) and
+//! the voted category.
 
-use super::VoteArgs;
+use super::{ExpansionArgs, VoteArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use kadr_engine::index::Filter;
@@ -15,6 +16,8 @@ pub struct SearchArgs {
     images: Vec<PathBuf>,
     #[command(flatten)]
     vote: VoteArgs,
+    #[command(flatten)]
+    qe: ExpansionArgs,
     /// Only neighbours from these splits (comma-separated: train,valid)
     #[arg(long, value_name = "SPLITS", default_value = "")]
     split: String,
@@ -28,6 +31,7 @@ pub struct SearchArgs {
 
 pub fn run(s: &Settings, a: SearchArgs) -> Result<()> {
     let cfg = a.vote.config()?;
+    let qe = a.qe.expansion()?;
     let filter = Filter::parse(&a.split, &a.category);
     let ws = Workspace::open(s)?;
     anyhow::ensure!(
@@ -40,7 +44,7 @@ pub fn run(s: &Settings, a: SearchArgs) -> Result<()> {
         let q = ws
             .embed_bytes(&bytes)
             .with_context(|| format!("{}", image.display()))?;
-        let hits = ws.search(&q, cfg.k, &filter)?;
+        let hits = ws.search_expanded(&q, cfg.k, &filter, &qe)?;
         let v = kadr_engine::vote::vote(hits.iter().map(|h| (h.category.as_str(), h.score)), &cfg);
         if a.json {
             let out = serde_json::json!({ "image": image, "vote": v, "neighbours": hits });
