@@ -72,7 +72,10 @@ fn tokenizer_json() -> String {
 fn model_dir() -> PathBuf {
     let root = common::shared_dir();
     let golden = root.join("golden");
-    let dir = std::env::temp_dir().join(format!("qwen2vl-tiny-{}", std::process::id()));
+    // One folder per call: the tests run at once and some remove theirs.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("qwen2vl-tiny-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let all = candle_core::safetensors::load(golden.join("qwen2vl_tiny.safetensors"), &Device::Cpu)
         .unwrap();
@@ -145,6 +148,29 @@ fn load_caption_zero_shot() {
         .unwrap();
     for (r, d) in res.iter().zip(direct) {
         assert!((r.1 - d).abs() < 1e-6);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Images HF's processor would refuse (an aspect ratio over 200) or scale up (sides under 28 px)
+/// get captions and zero-shot labels like any other, in one batch with a normal one.
+#[test]
+fn tiny_and_elongated_images_get_captions() {
+    let dir = model_dir();
+    let mut vl = Qwen2Vl::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let imgs = vec![
+        image(1, 300, 1),
+        image(2, 1, 1),
+        image(3, 2, 900),
+        image(4, 60, 50),
+    ];
+    let captions = vl.caption(&imgs, 3).unwrap();
+    assert_eq!(captions.len(), 4);
+    let labels: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
+    for img in &imgs {
+        let res = vl.zero_shot(img, &labels).unwrap();
+        let total: f32 = res.iter().map(|r| r.1).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{:?}", img.dimensions());
     }
     std::fs::remove_dir_all(&dir).ok();
 }

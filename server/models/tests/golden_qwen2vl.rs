@@ -410,3 +410,47 @@ fn half_precision_runs() {
         assert_eq!(out[0], out[1]);
     }
 }
+
+/// The pad id fills masked slots only: prompts padded with two different ids (the config's eos
+/// and another token, as HF's `<|endoftext|>` differs from `<|im_end|>`) give the same logits at
+/// every real position, the same greedy tokens and the same continuation scores.
+#[test]
+fn the_pad_id_changes_nothing_but_the_padding() {
+    let mut g = golden();
+    let prompts = vec![
+        g.prompt(),
+        Prompt {
+            input_ids: vec![40, 41, 42],
+            images: vec![],
+        },
+    ];
+    let params = GenerationParams {
+        max_new_tokens: 5,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let labels: Vec<Vec<u32>> = vec![vec![23], vec![30, 31, 32], vec![100, 2]];
+    let mut runs = Vec::new();
+    for pad in [2u32, 249] {
+        g.model.set_pad_token_id(pad);
+        let logits = g.model.forward_prompts(&prompts).unwrap();
+        let n = prompts[1].input_ids.len();
+        let l = logits.dim(1).unwrap();
+        let short = logits.i(1).unwrap().narrow(0, l - n, n).unwrap();
+        let tokens = g.model.generate(&prompts, &params).unwrap();
+        let scores = g
+            .model
+            .score_continuations(&prompts[0], &labels, 3)
+            .unwrap();
+        runs.push((logits.i(0).unwrap(), short, tokens, scores));
+    }
+    let (a, b) = (&runs[0], &runs[1]);
+    assert_eq!(max_abs_diff(&a.0, &b.0), 0.0, "the unpadded prompt");
+    assert_eq!(
+        max_abs_diff(&a.1, &b.1),
+        0.0,
+        "the real positions of the padded prompt"
+    );
+    assert_eq!(a.2, b.2);
+    assert_eq!(a.3, b.3);
+}

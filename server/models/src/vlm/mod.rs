@@ -5,6 +5,7 @@
 
 pub mod processor;
 pub mod qwen2vl;
+pub mod tokenizer;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_VLM: &str = "Qwen/Qwen2-VL-2B-Instruct";
 
 /// Loads the VLM: from the folder `local` when given (`VLM_PATH`: `config.json`,
-/// `tokenizer.json`, safetensors), otherwise the hub repository `repo` (downloaded once into the
+/// `tokenizer.json` or `vocab.json` + `merges.txt` + `tokenizer_config.json`,
+/// `preprocessor_config.json` if any, safetensors), otherwise the hub repository `repo` (downloaded once into the
 /// Hugging Face cache, with progress bars). bf16 on CUDA, f32 on CPU.
 pub fn load(repo: &str, local: Option<&Path>, device: &Device) -> Result<processor::Qwen2Vl> {
     let dir = match local {
@@ -45,7 +47,21 @@ fn download(repo: &str) -> Result<PathBuf> {
             .build()?
             .model(repo.to_string());
         let config = api.get("config.json")?;
-        api.get("tokenizer.json")?;
+        // The hub repository has tokenizer.json; copies that carry only the slow tokenizer's
+        // files are built from them (see `tokenizer`).
+        if api.get("tokenizer.json").is_err() {
+            for f in tokenizer::SLOW_FILES {
+                api.get(f)?;
+            }
+            for f in [
+                "tokenizer_config.json",
+                "added_tokens.json",
+                "special_tokens_map.json",
+            ] {
+                api.get(f).ok();
+            }
+        }
+        api.get("preprocessor_config.json").ok();
         match api.get("model.safetensors.index.json") {
             Ok(index) => {
                 let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)?;
@@ -71,7 +87,8 @@ fn download(repo: &str) -> Result<PathBuf> {
         Ok(dir) => Ok(dir),
         Err(e) => bail!(
             "no weights for the VLM {repo}: VLM_PATH is not set and the hub is unreachable ({e:#}).\n\
-             Put the model's config.json, tokenizer.json and *.safetensors in a folder and set \
+             Put the model's config.json, tokenizer.json (or vocab.json, merges.txt and \
+             tokenizer_config.json), preprocessor_config.json and *.safetensors in a folder and set \
              VLM_PATH to it, or unset VLM to run without captions (the text analysis then shows \
              the backbone's ImageNet labels)."
         ),

@@ -5,7 +5,8 @@
 //!   28 within a pixel budget, rescale 1/255, CLIP mean/std, duplicate the frame to the temporal
 //!   patch size, flatten to `[N, 1176]` rows in HF's order).
 //! - [`chat_prompt`] / [`Qwen2VlTokenizer`]: the Qwen2-VL-Instruct chat template and a wrapper
-//!   over `tokenizers::Tokenizer` that expands `<|image_pad|>` to the merged token count.
+//!   over `tokenizers::Tokenizer` (read or built by [`super::tokenizer`]) that expands
+//!   `<|image_pad|>` to the merged token count.
 //! - [`Qwen2Vl`]: loads a model folder and offers `caption` and `zero_shot`.
 //!
 //! Resampling: HF's slow processor resizes the uint8 image with PIL `BICUBIC` (Keys cubic,
@@ -27,21 +28,53 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
-/// HF `smart_resize`: the `(height, width)` closest to the input that are multiples of
-/// `factor`, keep the aspect ratio, and hold between `min_pixels` and `max_pixels` pixels.
+/// HF's aspect-ratio limit in `smart_resize`: the longer side at most 200 times the shorter.
+pub const MAX_ASPECT_RATIO: f64 = 200.0;
+
+/// Why [`smart_resize`] refuses a size; HF raises `ValueError` (or divides by zero) for the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeError {
+    /// A side (or the factor) is 0.
+    Empty { height: usize, width: usize },
+    /// The longer side is more than [`MAX_ASPECT_RATIO`] times the shorter.
+    AspectRatio { height: usize, width: usize },
+}
+
+impl std::fmt::Display for ResizeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Empty { height, width } => {
+                write!(f, "cannot resize an empty {width}x{height} image")
+            }
+            Self::AspectRatio { height, width } => write!(
+                f,
+                "a {width}x{height} image is too elongated for Qwen2-VL: its aspect ratio must \
+                 be at most {MAX_ASPECT_RATIO}, got {:.1}",
+                height.max(width) as f64 / height.min(width) as f64
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ResizeError {}
+
+/// HF `smart_resize` (transformers 4.54 and later): the `(height, width)` closest to the input
+/// that are multiples of `factor`, keep the aspect ratio, and hold between `min_pixels` and
+/// `max_pixels` pixels. Sides under `factor` are scaled up to the minimum budget (transformers
+/// 4.45-4.52 raised for them instead); an aspect ratio over 200 is refused, as in HF.
 pub fn smart_resize(
     height: usize,
     width: usize,
     factor: usize,
     min_pixels: usize,
     max_pixels: usize,
-) -> Result<(usize, usize)> {
+) -> std::result::Result<(usize, usize), ResizeError> {
     if height == 0 || width == 0 || factor == 0 {
-        bail!("cannot resize an empty {width}x{height} image");
+        return Err(ResizeError::Empty { height, width });
     }
     let (h, w, f) = (height as f64, width as f64, factor as f64);
-    if h.max(w) / h.min(w) > 200.0 {
-        bail!("absolute aspect ratio must be smaller than 200, got {height}x{width}");
+    if h.max(w) / h.min(w) > MAX_ASPECT_RATIO {
+        return Err(ResizeError::AspectRatio { height, width });
     }
     // Python's round() rounds halves to even (round(2.5) == 2), which matters here: 70 px
     // with factor 28 becomes 56, not 84.
@@ -59,12 +92,39 @@ pub fn smart_resize(
     Ok((h_bar, w_bar))
 }
 
+/// `img` padded with white (what decoding composites transparency onto) on both sides of its
+/// shorter axis until its aspect ratio is at most [`MAX_ASPECT_RATIO`]; `None` when it already
+/// is. HF refuses such strips; the pipeline pads them so that a user's 1x300 px upload still
+/// gets a caption and labels instead of an error, and nothing is stretched.
+pub fn pad_to_aspect_limit(img: &RgbImage) -> Option<RgbImage> {
+    let (w, h) = (img.width(), img.height());
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let (long, short) = (w.max(h) as f64, w.min(h) as f64);
+    if long / short <= MAX_ASPECT_RATIO {
+        return None;
+    }
+    let need = (long / MAX_ASPECT_RATIO).ceil() as u32;
+    let (nw, nh) = if w >= h { (w, need) } else { (need, h) };
+    let mut out = RgbImage::from_pixel(nw, nh, image::Rgb([255, 255, 255]));
+    image::imageops::replace(
+        &mut out,
+        img,
+        i64::from((nw - w) / 2),
+        i64::from((nh - h) / 2),
+    );
+    Some(out)
+}
+
+/// HF `Qwen2VLImageProcessor`'s settings. [`Default`] is the class default;
+/// [`ImageProcessor::from_preprocessor_config`] reads a model folder's file over it.
 #[derive(Debug, Clone)]
 pub struct ImageProcessor {
     pub min_pixels: usize,
-    /// Defaults to HF's class default `28*28*1280` (1280 merged tokens at most). The hub
-    /// `preprocessor_config.json` of Qwen2-VL-2B says 12845056 (16k tokens), far too many for
-    /// search/captioning, so it is deliberately not read.
+    /// The class default is `28*28*1280` = 1,003,520 (1280 merged tokens at most); the hub
+    /// `preprocessor_config.json` of Qwen2-VL-2B-Instruct says 12,845,056 (16,384 tokens, so a
+    /// 1600 px upload becomes about 3,300 tokens), and that is what HF, and so kadr, uses.
     pub max_pixels: usize,
     pub patch_size: usize,
     pub temporal_patch_size: usize,
@@ -97,8 +157,71 @@ impl ImageProcessor {
         }
     }
 
+    /// The processor HF builds from `preprocessor_config.json` (`json`), over
+    /// [`ImageProcessor::from_vision_config`]: the pixel budget is `min_pixels` / `max_pixels`
+    /// when given, else `size.shortest_edge` / `size.longest_edge` (the form newer
+    /// transformers write), else the class default, as in transformers 5 (4.57's slow processor
+    /// ignores a `size` without `min_pixels`/`max_pixels`, a bug there); patch, merge and
+    /// temporal sizes, mean and std when given.
+    pub fn from_preprocessor_config(json: &str, v: &VisionConfig) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Size {
+            shortest_edge: Option<usize>,
+            longest_edge: Option<usize>,
+        }
+        #[derive(serde::Deserialize)]
+        struct File {
+            min_pixels: Option<usize>,
+            max_pixels: Option<usize>,
+            size: Option<Size>,
+            patch_size: Option<usize>,
+            temporal_patch_size: Option<usize>,
+            merge_size: Option<usize>,
+            image_mean: Option<[f32; 3]>,
+            image_std: Option<[f32; 3]>,
+        }
+        let f: File = serde_json::from_str(json)?;
+        let mut p = Self::from_vision_config(v);
+        let (short, long) = f
+            .size
+            .map_or((None, None), |s| (s.shortest_edge, s.longest_edge));
+        p.min_pixels = f.min_pixels.or(short).unwrap_or(p.min_pixels);
+        p.max_pixels = f.max_pixels.or(long).unwrap_or(p.max_pixels);
+        p.patch_size = f.patch_size.unwrap_or(p.patch_size);
+        p.temporal_patch_size = f.temporal_patch_size.unwrap_or(p.temporal_patch_size);
+        p.merge_size = f.merge_size.unwrap_or(p.merge_size);
+        p.image_mean = f.image_mean.unwrap_or(p.image_mean);
+        p.image_std = f.image_std.unwrap_or(p.image_std);
+        if p.min_pixels > p.max_pixels || p.max_pixels == 0 {
+            bail!(
+                "pixel budget {}..{} is empty (min_pixels must not exceed max_pixels)",
+                p.min_pixels,
+                p.max_pixels
+            );
+        }
+        if (p.patch_size, p.temporal_patch_size, p.merge_size)
+            != (v.patch_size, v.temporal_patch_size, v.spatial_merge_size)
+        {
+            bail!(
+                "preprocessor patch {} / temporal {} / merge {} disagree with config.json's vision \
+                 config ({} / {} / {})",
+                p.patch_size,
+                p.temporal_patch_size,
+                p.merge_size,
+                v.patch_size,
+                v.temporal_patch_size,
+                v.spatial_merge_size
+            );
+        }
+        Ok(p)
+    }
+
     /// Target `(height, width)` for an input of `height` x `width`.
-    pub fn target_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+    pub fn target_size(
+        &self,
+        height: usize,
+        width: usize,
+    ) -> std::result::Result<(usize, usize), ResizeError> {
         smart_resize(
             height,
             width,
@@ -193,9 +316,12 @@ impl ImageProcessor {
         Ok((out, [1, gh, gw]))
     }
 
-    /// Full pipeline for one image: `pixel_values` `[t*h*w, 1176]` f32 on `device`.
+    /// Full pipeline for one image: `pixel_values` `[t*h*w, 1176]` f32 on `device`. A strip
+    /// too elongated for HF is first padded ([`pad_to_aspect_limit`]); images smaller than the
+    /// factor are scaled up by `smart_resize` itself, as in HF.
     pub fn preprocess(&self, img: &RgbImage, device: &Device) -> Result<ImageInput> {
-        let resized = self.resize(img)?;
+        let padded = pad_to_aspect_limit(img);
+        let resized = self.resize(padded.as_ref().unwrap_or(img))?;
         let (w, h) = (resized.width() as usize, resized.height() as usize);
         let chw = self.normalize_chw(&resized);
         let (rows, grid) = self.flatten_patches(&chw, 3, h, w)?;
@@ -248,10 +374,18 @@ pub fn expand_image_pads(
     Ok(out)
 }
 
+/// The prompt [`Qwen2Vl::caption`] asks with by default.
+pub const CAPTION_PROMPT: &str = "Describe this image in one sentence.";
+/// The question [`Qwen2Vl::zero_shot`] scores the labels as answers to by default.
+pub const ZERO_SHOT_PROMPT: &str = "What is in this image? Answer with one category.";
+
 pub struct Qwen2VlTokenizer {
     pub tokenizer: tokenizers::Tokenizer,
     pub image_pad_id: u32,
     pub im_end_id: u32,
+    /// What HF's processor pads a batch of prompts with: the tokenizer's pad token
+    /// (`<|endoftext|>`, 151643, for Qwen2-VL), not an end-of-answer id.
+    pub pad_id: u32,
     /// Ids that end an answer: config eos plus `<|im_end|>` and `<|endoftext|>`.
     pub eos_ids: Vec<u32>,
 }
@@ -264,6 +398,21 @@ impl Qwen2VlTokenizer {
         Self::new(tokenizer, cfg)
     }
 
+    /// The tokenizer of a model folder: `tokenizer.json`, or built from `vocab.json` +
+    /// `merges.txt` + the added tokens when there is none ([`super::tokenizer::load`]); the pad
+    /// token from `tokenizer_config.json`.
+    pub fn from_dir(dir: &Path, cfg: &Config) -> Result<Self> {
+        let mut t = Self::new(super::tokenizer::load(dir)?, cfg)?;
+        let pad = super::tokenizer::pad_token(dir)?;
+        t.pad_id = t
+            .tokenizer
+            .token_to_id(&pad)
+            .with_context(|| format!("the pad token {pad:?} is not in the tokenizer"))?;
+        Ok(t)
+    }
+
+    /// Wraps `tokenizer`; the pad id is `<|endoftext|>`'s (`Qwen2TokenizerFast`'s default pad
+    /// token), or `<|im_end|>`'s for a tokenizer without one.
     pub fn new(tokenizer: tokenizers::Tokenizer, cfg: &Config) -> Result<Self> {
         let id = |t: &str| {
             tokenizer
@@ -287,10 +436,12 @@ impl Qwen2VlTokenizer {
                 eos_ids.push(t);
             }
         }
+        let pad_id = tokenizer.token_to_id("<|endoftext|>").unwrap_or(im_end_id);
         Ok(Self {
             tokenizer,
             image_pad_id,
             im_end_id,
+            pad_id,
             eos_ids,
         })
     }
@@ -381,16 +532,18 @@ pub struct Qwen2Vl {
 }
 
 impl Qwen2Vl {
-    /// Loads `config.json`, `tokenizer.json` and the safetensors weights from `model_dir`
-    /// (e.g. a `Qwen/Qwen2-VL-2B-Instruct` snapshot).
+    /// Loads `config.json`, the tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt` +
+    /// the added tokens, see [`super::tokenizer`]), `preprocessor_config.json` when present, and
+    /// the safetensors weights from `model_dir` (e.g. a `Qwen/Qwen2-VL-2B-Instruct` snapshot).
     pub fn load(model_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let cfg_path = model_dir.join("config.json");
-        let tok_path = model_dir.join("tokenizer.json");
-        let mut missing: Vec<String> = [&cfg_path, &tok_path]
-            .iter()
-            .filter(|p| !p.exists())
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let mut missing: Vec<String> = Vec::new();
+        if !cfg_path.exists() {
+            missing.push("config.json".into());
+        }
+        if let Err(m) = super::tokenizer::check_files(model_dir) {
+            missing.push(m);
+        }
         let weights = match weight_files(model_dir) {
             Ok(w) => w,
             Err(e) => {
@@ -407,23 +560,36 @@ impl Qwen2Vl {
         }
         let cfg = Config::from_json_str(&std::fs::read_to_string(&cfg_path)?)
             .with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let tokenizer = Qwen2VlTokenizer::from_dir(model_dir, &cfg)?;
+        let processor = match std::fs::read_to_string(model_dir.join("preprocessor_config.json")) {
+            Ok(json) => ImageProcessor::from_preprocessor_config(&json, &cfg.vision_config)
+                .context("reading preprocessor_config.json")?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                ImageProcessor::from_vision_config(&cfg.vision_config)
+            }
+            Err(e) => return Err(e).context("reading preprocessor_config.json"),
+        };
         // SAFETY: the weight files are memory-mapped read-only and must not change while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, dtype, device)? };
         let model = Qwen2VlModel::new(&cfg, vb).context("building Qwen2-VL from the weights")?;
-        let tokenizer = Qwen2VlTokenizer::from_file(&tok_path, &cfg)?;
-        Ok(Self::from_parts(model, tokenizer))
+        let mut vl = Self::from_parts(model, tokenizer);
+        vl.processor = processor;
+        Ok(vl)
     }
 
-    pub fn from_parts(model: Qwen2VlModel, tokenizer: Qwen2VlTokenizer) -> Self {
+    /// The pipeline over a built model and tokenizer, with the class-default image processor
+    /// for the model's vision config; prompts of a batch are padded with the tokenizer's pad id.
+    pub fn from_parts(mut model: Qwen2VlModel, tokenizer: Qwen2VlTokenizer) -> Self {
         let processor = ImageProcessor::from_vision_config(&model.config().vision_config);
+        model.set_pad_token_id(tokenizer.pad_id);
         Self {
             model,
             tokenizer,
             processor,
             max_batch: 8,
             max_new_tokens_cap: 512,
-            caption_prompt: "Describe this image in one sentence.".into(),
-            zero_shot_prompt: "What is in this image? Answer with one category.".into(),
+            caption_prompt: CAPTION_PROMPT.into(),
+            zero_shot_prompt: ZERO_SHOT_PROMPT.into(),
             label_score: LabelScore::Sum,
             label_chunk: 32,
         }
@@ -487,8 +653,51 @@ impl Qwen2Vl {
 mod tests {
     use super::*;
 
+    /// HF's own `smart_resize` (transformers 4.57.1; 5.24.0 gives the same file) over 1,600
+    /// sizes from 1 px to 10,000 px a side, under the class default budget and the hub file's:
+    /// `tests/data/qwen2vl_smart_resize_reference.json`.
     #[test]
-    fn smart_resize_matches_hf_formula() {
+    fn smart_resize_matches_hf() {
+        let r: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/data/qwen2vl_smart_resize_reference.json"
+        ))
+        .unwrap();
+        let factor = r["factor"].as_u64().unwrap() as usize;
+        let cases = r["cases"].as_array().unwrap();
+        let (mut resized, mut refused) = (0, 0);
+        for c in cases {
+            let n = |i: usize| c[i].as_u64().unwrap() as usize;
+            let got = smart_resize(n(0), n(1), factor, n(2), n(3));
+            match c[4].as_array() {
+                Some(hw) => {
+                    let want = (
+                        hw[0].as_u64().unwrap() as usize,
+                        hw[1].as_u64().unwrap() as usize,
+                    );
+                    assert_eq!(got, Ok(want), "{c}");
+                    resized += 1;
+                }
+                None => {
+                    let err = got.expect_err(&c.to_string());
+                    assert_eq!(
+                        err,
+                        ResizeError::AspectRatio {
+                            height: n(0),
+                            width: n(1)
+                        }
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(resized + refused, 3200);
+        assert!(refused > 100 && resized > 2000);
+    }
+
+    /// Hand-worked cases of the formula, for a reader; sides under 28 included, since HF (from
+    /// transformers 4.54) scales them up instead of raising.
+    #[test]
+    fn smart_resize_worked_examples() {
         let f = |h, w| smart_resize(h, w, 28, 56 * 56, 28 * 28 * 1280).unwrap();
         // Already multiples of 28 and inside the budget: unchanged.
         assert_eq!(f(448, 448), (448, 448));
@@ -506,9 +715,98 @@ mod tests {
         assert_eq!(f(1080, 1920), (728, 1316));
         // Under budget: 28x28 < 3136; beta = sqrt(3136/600) = 2.2862; ceil(1.63) = 2, ceil(2.45) = 3.
         assert_eq!(f(20, 30), (56, 84));
+        // A 1x1 image: beta = 56, up to the minimum 56x56.
+        assert_eq!(f(1, 1), (56, 56));
         // Extreme aspect ratio: 10/28 rounds to 0; beta = sqrt(3136/19000); ceil -> 1 and 28.
         assert_eq!(f(10, 1900), (28, 784));
-        assert!(smart_resize(10, 2100, 28, 3136, 1003520).is_err());
+        assert_eq!(
+            smart_resize(10, 2100, 28, 3136, 1003520),
+            Err(ResizeError::AspectRatio {
+                height: 10,
+                width: 2100
+            })
+        );
+        let msg = smart_resize(1, 300, 28, 3136, 1003520)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("1x300") || msg.contains("300x1"), "{msg}");
+        assert!(msg.contains("200") && msg.contains("300.0"), "{msg}");
+        assert_eq!(
+            smart_resize(0, 5, 28, 3136, 1003520),
+            Err(ResizeError::Empty {
+                height: 0,
+                width: 5
+            })
+        );
+    }
+
+    /// Strips HF refuses are padded (white, centred) to the limit, then preprocess like any
+    /// image; tiny images are scaled up by smart_resize; nothing errors.
+    #[test]
+    fn tiny_and_elongated_images_preprocess() {
+        let p = ImageProcessor::default();
+        let strip = RgbImage::from_pixel(300, 1, image::Rgb([0, 0, 0]));
+        let padded = pad_to_aspect_limit(&strip).unwrap();
+        assert_eq!(padded.dimensions(), (300, 2));
+        // One row to add: the image keeps row 0 (centring rounds down), white below it.
+        assert_eq!(padded.get_pixel(0, 0), &image::Rgb([0, 0, 0]));
+        assert_eq!(padded.get_pixel(0, 1), &image::Rgb([255, 255, 255]));
+        let tall = RgbImage::from_pixel(3, 1000, image::Rgb([9, 9, 9]));
+        let padded = pad_to_aspect_limit(&tall).unwrap();
+        assert_eq!(padded.dimensions(), (5, 1000));
+        assert_eq!(padded.get_pixel(1, 500), &image::Rgb([9, 9, 9]));
+        assert_eq!(padded.get_pixel(0, 500), &image::Rgb([255, 255, 255]));
+        let (w, h) = padded.dimensions();
+        assert!(f64::from(h) / f64::from(w) <= MAX_ASPECT_RATIO);
+        assert!(pad_to_aspect_limit(&RgbImage::new(200, 1)).is_none());
+        assert!(pad_to_aspect_limit(&RgbImage::new(20, 30)).is_none());
+        for (w, h) in [(300, 1), (1, 1), (3, 1000), (27, 5), (10_000, 3)] {
+            let img = RgbImage::from_pixel(w, h, image::Rgb([10, 200, 30]));
+            let out = p.preprocess(&img, &Device::Cpu).unwrap();
+            let [t, gh, gw] = out.grid_thw;
+            assert_eq!(t, 1);
+            assert!(
+                gh >= 2 && gw >= 2 && gh % 2 == 0 && gw % 2 == 0,
+                "{w}x{h}: {gh}x{gw}"
+            );
+            assert!(gh * gw * 14 * 14 >= p.min_pixels, "{w}x{h}");
+        }
+    }
+
+    #[test]
+    fn the_preprocessor_config_sets_the_pixel_budget() {
+        let v = VisionConfig::default();
+        let hub = std::fs::read_to_string(
+            kadr_testkit::shared_dir().join("qwen2vl-2b-instruct/preprocessor_config.json"),
+        )
+        .unwrap();
+        let p = ImageProcessor::from_preprocessor_config(&hub, &v).unwrap();
+        assert_eq!((p.min_pixels, p.max_pixels), (3136, 12_845_056));
+        assert_eq!(p.image_mean, CLIP_MEAN);
+        // A 2000x3000 photo is only rounded to multiples of 28 under the hub budget (6 Mpx <
+        // 12.8 Mpx); the class default would shrink it to 812x1204.
+        assert_eq!(p.target_size(2000, 3000), Ok((1988, 2996)));
+        // The nested form newer files write, and min/max_pixels over it.
+        let nested = r#"{"size": {"shortest_edge": 1000, "longest_edge": 200000}}"#;
+        let p = ImageProcessor::from_preprocessor_config(nested, &v).unwrap();
+        assert_eq!((p.min_pixels, p.max_pixels), (1000, 200_000));
+        let both =
+            r#"{"size": {"shortest_edge": 1000, "longest_edge": 200000}, "max_pixels": 300000}"#;
+        let p = ImageProcessor::from_preprocessor_config(both, &v).unwrap();
+        assert_eq!((p.min_pixels, p.max_pixels), (1000, 300_000));
+        // Nothing said: the class default.
+        let p = ImageProcessor::from_preprocessor_config("{}", &v).unwrap();
+        assert_eq!((p.min_pixels, p.max_pixels), (3136, 1_003_520));
+        // Contradictions are refused with a reason.
+        let err =
+            ImageProcessor::from_preprocessor_config(r#"{"min_pixels": 10, "max_pixels": 5}"#, &v)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("min_pixels"), "{err}");
+        let err = ImageProcessor::from_preprocessor_config(r#"{"patch_size": 16}"#, &v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("disagree"), "{err}");
     }
 
     /// Numpy-style reference: reshape a row-major array and permute its axes, by index
@@ -626,6 +924,7 @@ mod tests {
         };
         assert!(err.contains("config.json"), "{err}");
         assert!(err.contains("tokenizer.json"), "{err}");
+        assert!(err.contains("vocab.json + merges.txt"), "{err}");
         assert!(err.contains("model.safetensors"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -85,6 +85,8 @@ pub struct Qwen2VlModel {
     cfg: Config,
     device: Device,
     dtype: DType,
+    /// Fills left padding of prompts and right padding of scored continuations (masked).
+    pad_id: u32,
 }
 
 impl Qwen2VlModel {
@@ -106,6 +108,10 @@ impl Qwen2VlModel {
             cfg: cfg.clone(),
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            pad_id: cfg
+                .pad_token_id
+                .or_else(|| cfg.eos_token_ids().first().copied())
+                .unwrap_or(0),
         })
     }
 
@@ -128,11 +134,11 @@ impl Qwen2VlModel {
         self.text.clear_kv_cache()
     }
 
-    fn pad_id(&self) -> u32 {
-        self.cfg
-            .pad_token_id
-            .or_else(|| self.cfg.eos_token_ids().first().copied())
-            .unwrap_or(0)
+    /// The id padding is filled with: HF's processor uses the tokenizer's pad token
+    /// (`<|endoftext|>` for Qwen2-VL); until this is called, `pad_token_id` of the config or its
+    /// first eos id. Padding is masked, so this changes no result, only what the padded rows hold.
+    pub fn set_pad_token_id(&mut self, id: u32) {
+        self.pad_id = id;
     }
 
     /// Additive mask `[B, 1, Lq, Lk]` for the last `lq` entries of `state`. A query may see
@@ -188,7 +194,7 @@ impl Qwen2VlModel {
             None => 0,
         };
 
-        let pad = self.pad_id();
+        let pad = self.pad_id;
         let mut ids = Vec::with_capacity(b * l);
         let mut gather = Vec::with_capacity(b * l);
         let mut pos = vec![1f32; 3 * b * l]; // HF leaves padding at position 1
@@ -358,7 +364,7 @@ impl Qwen2VlModel {
                 .squeeze(0)?
                 .to_vec1()?;
         let snap = self.text.kv_snapshot();
-        let pad = self.pad_id();
+        let pad = self.pad_id;
         let mut out = Vec::with_capacity(continuations.len());
         for group in continuations.chunks(chunk.max(1)) {
             let mut scores: Vec<(f32, usize)> = group

@@ -269,9 +269,11 @@ impl VisionModel {
     fn rot_pos_cos_sin(&self, grids: &[[usize; 3]]) -> Result<(Tensor, Tensor)> {
         let head_dim = self.cfg.embed_dim / self.cfg.num_heads;
         let rot_dim = head_dim / 2; // VisionRotaryEmbedding(head_dim // 2)
+                                    // f32 like HF's `1.0 / theta ** (arange(0, dim, 2, dtype=float) / dim)`.
+        let theta = self.cfg.rope_theta() as f32;
         let inv_freq: Vec<f32> = (0..rot_dim)
             .step_by(2)
-            .map(|i| 1f32 / 10000f32.powf(i as f32 / rot_dim as f32))
+            .map(|i| 1f32 / theta.powf(i as f32 / rot_dim as f32))
             .collect();
         let m = self.cfg.spatial_merge_size;
         let n: usize = grids.iter().map(|g| g[0] * g[1] * g[2]).sum();
