@@ -29,6 +29,8 @@ enum Command {
     Search(cli::search::SearchArgs),
     /// Score a dataset: MAP@10 and k-NN vote accuracy; the last line printed is JSON
     Eval(cli::eval::EvalArgs),
+    /// Train a category head on a dataset's embeddings (saved for this embedding space)
+    Train(cli::train::TrainArgs),
     /// Predict a category for every image in DATA/test/ and write a submission CSV
     Submit(cli::submit::SubmitArgs),
     /// Serve the web app
@@ -58,6 +60,7 @@ fn main() {
         Command::Index(a) => cli::index::run(&s, a),
         Command::Search(a) => cli::search::run(&s, a),
         Command::Eval(a) => cli::eval::run(s, a),
+        Command::Train(a) => cli::train::run(&s, a),
         Command::Submit(a) => cli::submit::run(&s, a),
         Command::Serve(a) => cli::serve::run(&s, a),
         Command::ImportWeights(a) => cli::import_weights::run(&s, a),

@@ -192,6 +192,60 @@ fn index_search_eval_submit() {
     assert!(rows[0].starts_with("image,category,confidence,neighbour_1,score_1"));
     assert!(rows[1].starts_with("test/t0.png,"));
     assert!(rows[1].contains("train/") || rows[1].contains("valid/"));
+
+    // The last `kadr eval` is what the web app's dashboard shows.
+    let server = common::server::Server::start(&home, &w, &data, &[]);
+    let stats = server.get("/api/v1/stats").json();
+    let eval = &stats["eval"];
+    assert_eq!(eval["map_at_10"].as_f64(), Some(map_qe), "{stats}");
+    assert_eq!(eval["images"].as_u64(), Some(12), "{stats}");
+    let mode = eval["mode"].as_str().unwrap();
+    assert!(
+        mode.contains("query expansion 2") && mode.ends_with("kadr eval"),
+        "{mode}"
+    );
+    assert!(!eval["map"].as_array().unwrap().is_empty(), "{stats}");
+    drop(server);
+
+    // A trained head: saved for the space, compared with the vote on valid/.
+    let out = ok(&kadr(&home, &w, &["train", "--data", d]));
+    let t: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (t["examples"].as_u64(), t["categories"].as_u64()),
+        (Some(12), Some(3)),
+        "{out}"
+    );
+    // The categories differ in colour: a linear head separates them.
+    assert!(t["valid_accuracy"].as_f64().unwrap() > 0.8, "{out}");
+    assert!(t["vote_accuracy"].as_f64().is_some(), "{out}");
+    assert!(out.contains("is better here"), "{out}");
+    let saved = Path::new(t["path"].as_str().unwrap());
+    assert!(saved.is_file() && saved.starts_with(&home), "{out}");
+    let out = ok(&kadr(&home, &w, &["eval", "--data", d, "--head"]));
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(v["head_accuracy"].as_f64().unwrap() > 0.8, "{out}");
+    // The submission now weighs the head against the vote on valid/ and says which it used.
+    let out = ok(&kadr(
+        &home,
+        &w,
+        &["submit", "--data", d, "--out", csv_path.to_str().unwrap()],
+    ));
+    assert!(out.contains("on valid/ the head scores"), "{out}");
+    let by_head = out.contains("categories by the head");
+    let rows = std::fs::read_to_string(&csv_path).unwrap();
+    let confidences: Vec<f64> = rows
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(confidences.len(), 3);
+    if by_head {
+        // Calibrated probabilities, not vote shares (multiples of 1/k).
+        assert!(confidences.iter().all(|&c| c > 0.0 && c <= 1.0), "{rows}");
+    }
+    let out = kadr(&home, &w, &["train", "--data", d, "--steps", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--steps must be within"));
 }
 
 #[test]

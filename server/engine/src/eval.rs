@@ -48,6 +48,10 @@ pub struct Report {
     pub queries: usize,
     pub map_at_10: f64,
     pub vote_accuracy: f64,
+    /// A trained head's accuracy on the same queries (asked for with `--head`): trained on
+    /// the index set and scored on the queries, or in 5-fold cross-validation for
+    /// leave-one-out.
+    pub head_accuracy: Option<f64>,
     pub per_category: Vec<CategoryStats>,
     /// Row = true category, column = predicted (last column: no prediction).
     pub confusion: Confusion,
@@ -232,6 +236,7 @@ fn summarise(results: Vec<QueryResult>, images: usize, k: usize, mode: &str) -> 
         queries: results.len(),
         map_at_10: map,
         vote_accuracy: acc,
+        head_accuracy: None,
         per_category,
         confusion: Confusion { labels, matrix },
         worst,

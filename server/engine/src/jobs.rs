@@ -6,6 +6,7 @@ use crate::dataset::{scan, LabeledFile};
 use crate::eval::{evaluate, Item, Report};
 use crate::expand::Expansion;
 use crate::fusion::{check_weight, fuse};
+use crate::head::{cross_validate, Head, HeadConfig};
 use crate::submit::{predict, Prediction, Reference};
 use crate::vote::VoteConfig;
 use crate::workspace::{IndexReport, Workspace};
@@ -123,13 +124,13 @@ pub fn eval_folder(
     dir: &Path,
     mode: EvalMode,
     cfg: &VoteConfig,
-    qe: &Expansion,
+    opts: &EvalOptions,
     batch: usize,
     progress: &dyn Fn(usize, usize),
 ) -> Result<(Report, IndexReport)> {
     let (_, indexed) = index_folder(ws, dir, batch, progress)?;
     let all = labelled(ws, dir)?;
-    Ok((evaluate_labelled(&all, dir, mode, cfg, qe)?, indexed))
+    Ok((evaluate_labelled(&all, dir, mode, cfg, opts)?, indexed))
 }
 
 /// The evaluation of one space over a fused workspace's folder: the visual vectors alone
@@ -146,7 +147,7 @@ pub fn eval_fusion_folder(
     dir: &Path,
     mode: EvalMode,
     cfg: &VoteConfig,
-    qe: &Expansion,
+    opts: &EvalOptions,
     weights: &[f32],
     batch: usize,
     progress: &dyn Fn(usize, usize),
@@ -169,10 +170,30 @@ pub fn eval_fusion_folder(
                 item(&dir_abs, row.clone(), embedding)
             })
             .collect();
-        let report = evaluate_labelled(&all, dir, mode, cfg, qe)?;
+        let report = evaluate_labelled(&all, dir, mode, cfg, opts)?;
         out.push(SpaceReport { weight, report });
     }
     Ok((out, indexed))
+}
+
+/// Folds of the cross-validation that scores a head on a set without splits.
+pub const CV_FOLDS: usize = 5;
+
+/// What an evaluation measures besides the neighbours' vote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvalOptions {
+    /// Query expansion before the search.
+    pub qe: Expansion,
+    /// Also train a head (on `train/`, scored on `valid/`; or in cross-validation) and
+    /// report its accuracy.
+    pub head: Option<HeadConfig>,
+}
+
+fn examples(items: &[Item]) -> Vec<crate::head::Example<'_>> {
+    items
+        .iter()
+        .map(|i| (i.embedding.as_slice(), i.category.as_str()))
+        .collect()
 }
 
 /// Evaluates the labelled images of `dir` (not `test/`): `valid/` against `train/`, or
@@ -182,7 +203,7 @@ fn evaluate_labelled(
     dir: &Path,
     mode: EvalMode,
     cfg: &VoteConfig,
-    qe: &Expansion,
+    opts: &EvalOptions,
 ) -> Result<Report> {
     let has = |s: &str| all.iter().any(|(split, _)| split == s);
     let split_mode = match mode {
@@ -207,12 +228,13 @@ fn evaluate_labelled(
             .collect()
     };
     if split_mode {
-        evaluate(
-            &labelled_items(Some("train")),
-            Some(&labelled_items(Some("valid"))),
-            cfg,
-            qe,
-        )
+        let (train, valid) = (labelled_items(Some("train")), labelled_items(Some("valid")));
+        let mut report = evaluate(&train, Some(&valid), cfg, &opts.qe)?;
+        if let Some(h) = &opts.head {
+            let (head, _) = Head::train("eval", &examples(&train), None, h)?;
+            report.head_accuracy = Some(head.accuracy(&examples(&valid))?);
+        }
+        Ok(report)
     } else {
         let items = labelled_items(None);
         let categories: std::collections::BTreeSet<&str> =
@@ -224,18 +246,101 @@ fn evaluate_labelled(
                 categories.len()
             );
         }
-        evaluate(&items, None, cfg, qe)
+        let mut report = evaluate(&items, None, cfg, &opts.qe)?;
+        if let Some(h) = &opts.head {
+            report.head_accuracy = Some(cross_validate(&examples(&items), CV_FOLDS, h)?);
+        }
+        Ok(report)
     }
 }
 
-/// Indexes `dir` and predicts a category for each image under `dir/test/`.
+/// What `kadr train` did: the head's training and, with a `valid/` split, how it compares
+/// with the neighbours' vote there.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSummary {
+    #[serde(flatten)]
+    pub report: crate::head::TrainReport,
+    /// The k-NN vote's accuracy on `valid/` against `train/`.
+    pub vote_accuracy: Option<f64>,
+    pub space: String,
+    pub path: std::path::PathBuf,
+}
+
+/// Indexes `dir` and trains a category head on its labelled vectors: `train/` (or every
+/// labelled image outside `test/` when there is no `train/`), stopping early and calibrating
+/// on `valid/` when there is one; saves it in `home` under the workspace's space.
+pub fn train_folder(
+    ws: &Workspace,
+    dir: &Path,
+    home: &Path,
+    cfg: &HeadConfig,
+    vote: &VoteConfig,
+    batch: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<TrainSummary> {
+    index_folder(ws, dir, batch, progress)?;
+    let all = labelled(ws, dir)?;
+    let pick = |f: &dyn Fn(&str) -> bool| -> Vec<Item> {
+        all.iter()
+            .filter(|(s, it)| !it.category.is_empty() && f(s))
+            .map(|(_, it)| it.clone())
+            .collect()
+    };
+    let has_train = all.iter().any(|(s, _)| s == "train");
+    let train = pick(&|s| {
+        if has_train {
+            s == "train"
+        } else {
+            s != "test" && s != "valid"
+        }
+    });
+    let valid = pick(&|s| s == "valid");
+    if train.is_empty() {
+        bail!("no labelled images to train on under {}", dir.display());
+    }
+    let space = ws.space_id().to_string();
+    let (head, report) = Head::train(
+        &space,
+        &examples(&train),
+        (!valid.is_empty()).then(|| examples(&valid)).as_deref(),
+        cfg,
+    )?;
+    let vote_accuracy = if valid.is_empty() {
+        None
+    } else {
+        Some(evaluate(&train, Some(&valid), vote, &Expansion::off())?.vote_accuracy)
+    };
+    let path = Head::path(home, &space);
+    head.save(&path)?;
+    Ok(TrainSummary {
+        report,
+        vote_accuracy,
+        space,
+        path,
+    })
+}
+
+/// Which predictor a submission's categories come from, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubmitChoice {
+    /// `"vote"` or `"head"`.
+    pub by: &'static str,
+    /// Accuracies on `valid/` (against `train/`), when there is a head and a `valid/` split.
+    pub head_accuracy: Option<f64>,
+    pub vote_accuracy: Option<f64>,
+}
+
+/// Indexes `dir` and predicts a category for each image under `dir/test/`: by the
+/// neighbours' vote, or by `head` when there is one and it is the more accurate of the two
+/// on `valid/` (which it was calibrated on, so the comparison leans its way a little).
 pub fn submit_folder(
     ws: &Workspace,
     dir: &Path,
     cfg: &VoteConfig,
+    head: Option<&Head>,
     batch: usize,
     progress: &dyn Fn(usize, usize),
-) -> Result<Vec<Prediction>> {
+) -> Result<(Vec<Prediction>, SubmitChoice)> {
     index_folder(ws, dir, batch, progress)?;
     let all = labelled(ws, dir)?;
     let references: Vec<Reference> = all
@@ -248,12 +353,39 @@ pub fn submit_folder(
         })
         .collect();
     let queries: Vec<(String, Vec<f32>)> = all
-        .into_iter()
+        .iter()
         .filter(|(s, _)| s == "test")
-        .map(|(_, it)| (it.path, it.embedding))
+        .map(|(_, it)| (it.path.clone(), it.embedding.clone()))
         .collect();
     if queries.is_empty() {
         bail!("no images under {}/test/ to predict", dir.display());
     }
-    predict(&references, &queries, cfg)
+    let mut preds = predict(&references, &queries, cfg)?;
+    let mut choice = SubmitChoice {
+        by: "vote",
+        head_accuracy: None,
+        vote_accuracy: None,
+    };
+    let split = |want: &str| -> Vec<Item> {
+        all.iter()
+            .filter(|(s, it)| s == want && !it.category.is_empty())
+            .map(|(_, it)| it.clone())
+            .collect()
+    };
+    let (train, valid) = (split("train"), split("valid"));
+    if let (Some(head), false, false) = (head, train.is_empty(), valid.is_empty()) {
+        let h = head.accuracy(&examples(&valid))?;
+        let v = evaluate(&train, Some(&valid), cfg, &Expansion::off())?.vote_accuracy;
+        choice.head_accuracy = Some(h);
+        choice.vote_accuracy = Some(v);
+        if h > v {
+            choice.by = "head";
+            let rows: Vec<&[f32]> = queries.iter().map(|(_, v)| v.as_slice()).collect();
+            for (p, h) in preds.iter_mut().zip(head.predict(&rows)?) {
+                p.category = Some(h.category);
+                p.confidence = h.probability;
+            }
+        }
+    }
+    Ok((preds, choice))
 }

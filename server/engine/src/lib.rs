@@ -5,7 +5,8 @@
 //! threads at once; [`expand`] widens a query with its neighbours) → [`vote`] → [`eval`] /
 //! [`submit`]. [`dataset`] finds labelled images on
 //! disk, [`jobs`] runs the stages over folders, [`settings`] is the one typed configuration;
-//! [`csv_safe`] writes CSV a spreadsheet will not run.
+//! [`csv_safe`] writes CSV a spreadsheet will not run; [`head`] learns the categories from
+//! the stored vectors.
 
 pub mod batcher;
 pub mod csv_safe;
@@ -15,6 +16,7 @@ pub mod embed;
 pub mod eval;
 pub mod expand;
 pub mod fusion;
+pub mod head;
 pub mod index;
 pub mod jobs;
 pub mod preprocess;

@@ -7,9 +7,13 @@ use app::errors::ApiError;
 use app::types::*;
 use kadr_engine::eval::Report;
 use kadr_engine::vote::VoteConfig;
+use kadr_engine::workspace::Workspace;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
+
+/// The last evaluation's view, in `KADR_HOME`.
+pub const EVAL_FILE: &str = "eval.json";
 
 /// Points on the dashboard's embedding map at most.
 const MAP_POINTS: usize = 3000;
@@ -45,7 +49,7 @@ impl EngineBackend {
             .map(|(label, count)| Count { label, count })
             .collect();
         categories.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
-        let eval = std::fs::read(self.inner.home.join("eval.json"))
+        let eval = std::fs::read(self.inner.home.join(EVAL_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice::<EvalView>(&b).ok())
             .filter(|e| e.model == self.model());
@@ -78,77 +82,91 @@ impl EngineBackend {
 
     /// The dashboard's view of an evaluation report of `folder`.
     pub(super) fn eval_view(&self, folder: &Path, report: &Report) -> anyhow::Result<EvalView> {
-        let prefix = format!("{}{}", folder.to_string_lossy(), std::path::MAIN_SEPARATOR);
-        let rows = self.inner.ws.vectors_under(&prefix)?;
-        let by_path: HashMap<String, (String, Vec<f32>)> = rows
-            .into_iter()
-            .map(|(r, v)| {
-                let rel = Path::new(&r.path)
-                    .strip_prefix(folder)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or(r.path);
-                (rel, (r.hash, v))
-            })
-            .collect();
-        let hash_of = |p: &str| by_path.get(p).map(|h| h.0.clone()).unwrap_or_default();
-        // The map: every evaluated query, at most MAP_POINTS of them, evenly spread.
-        let step = report.results.len().div_ceil(MAP_POINTS).max(1);
-        let sample: Vec<_> = report
-            .results
-            .iter()
-            .step_by(step)
-            .filter_map(|q| by_path.get(&q.path).map(|(_, v)| (q, v)))
-            .collect();
-        let vectors: Vec<&[f32]> = sample.iter().map(|(_, v)| v.as_slice()).collect();
-        let xy = kadr_engine::eval::pca2(&vectors);
-        Ok(EvalView {
-            folder: folder.to_string_lossy().into_owned(),
-            mode: report.mode.clone(),
-            model: self.model().to_string(),
-            images: report.images as u64,
-            map_at_10: report.map_at_10,
-            vote_accuracy: report.vote_accuracy,
-            per_category: report
-                .per_category
-                .iter()
-                .map(|c| CategoryScore {
-                    category: c.category.clone(),
-                    images: c.images as u64,
-                    map_at_10: c.map_at_k,
-                    precision: c.precision,
-                    recall: c.recall,
-                })
-                .collect(),
-            confusion_labels: report.confusion.labels.clone(),
-            confusion: report
-                .confusion
-                .matrix
-                .iter()
-                .map(|r| r.iter().map(|&n| n as u64).collect())
-                .collect(),
-            worst: report
-                .worst
-                .iter()
-                .map(|q| WorstQuery {
-                    hash: hash_of(&q.path),
-                    path: q.path.clone(),
-                    category: q.category.clone(),
-                    predicted: q.predicted.clone(),
-                    ap: q.ap,
-                })
-                .collect(),
-            map: sample
-                .iter()
-                .zip(xy)
-                .map(|((q, _), (x, y))| MapPoint {
-                    x,
-                    y,
-                    category: q.category.clone(),
-                    path: q.path.clone(),
-                    correct: q.predicted.as_deref() == Some(q.category.as_str()),
-                })
-                .collect(),
-            created_at: now(),
-        })
+        eval_view(&self.inner.ws, folder, report)
     }
+}
+
+/// The dashboard's view of an evaluation of `folder` in `ws` (per category, confusion, worst
+/// queries, a PCA map of the evaluated vectors): made after a web job and after `kadr eval`.
+pub fn eval_view(ws: &Workspace, folder: &Path, report: &Report) -> anyhow::Result<EvalView> {
+    let prefix = format!("{}{}", folder.to_string_lossy(), std::path::MAIN_SEPARATOR);
+    let rows = ws.vectors_under(&prefix)?;
+    let by_path: HashMap<String, (String, Vec<f32>)> = rows
+        .into_iter()
+        .map(|(r, v)| {
+            let rel = Path::new(&r.path)
+                .strip_prefix(folder)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or(r.path);
+            (rel, (r.hash, v))
+        })
+        .collect();
+    let hash_of = |p: &str| by_path.get(p).map(|h| h.0.clone()).unwrap_or_default();
+    // The map: every evaluated query, at most MAP_POINTS of them, evenly spread.
+    let step = report.results.len().div_ceil(MAP_POINTS).max(1);
+    let sample: Vec<_> = report
+        .results
+        .iter()
+        .step_by(step)
+        .filter_map(|q| by_path.get(&q.path).map(|(_, v)| (q, v)))
+        .collect();
+    let vectors: Vec<&[f32]> = sample.iter().map(|(_, v)| v.as_slice()).collect();
+    let xy = kadr_engine::eval::pca2(&vectors);
+    Ok(EvalView {
+        folder: folder.to_string_lossy().into_owned(),
+        mode: report.mode.clone(),
+        model: ws.space_id().to_string(),
+        images: report.images as u64,
+        map_at_10: report.map_at_10,
+        vote_accuracy: report.vote_accuracy,
+        per_category: report
+            .per_category
+            .iter()
+            .map(|c| CategoryScore {
+                category: c.category.clone(),
+                images: c.images as u64,
+                map_at_10: c.map_at_k,
+                precision: c.precision,
+                recall: c.recall,
+            })
+            .collect(),
+        confusion_labels: report.confusion.labels.clone(),
+        confusion: report
+            .confusion
+            .matrix
+            .iter()
+            .map(|r| r.iter().map(|&n| n as u64).collect())
+            .collect(),
+        worst: report
+            .worst
+            .iter()
+            .map(|q| WorstQuery {
+                hash: hash_of(&q.path),
+                path: q.path.clone(),
+                category: q.category.clone(),
+                predicted: q.predicted.clone(),
+                ap: q.ap,
+            })
+            .collect(),
+        map: sample
+            .iter()
+            .zip(xy)
+            .map(|((q, _), (x, y))| MapPoint {
+                x,
+                y,
+                category: q.category.clone(),
+                path: q.path.clone(),
+                correct: q.predicted.as_deref() == Some(q.category.as_str()),
+            })
+            .collect(),
+        created_at: now(),
+    })
+}
+
+/// Writes `view` as the last evaluation in `home` (atomically: a crash leaves the old one).
+pub fn save_eval(home: &Path, view: &EvalView) -> anyhow::Result<()> {
+    let mut tmp = tempfile::NamedTempFile::new_in(home)?;
+    std::io::Write::write_all(&mut tmp, &serde_json::to_vec(view)?)?;
+    tmp.persist(home.join(EVAL_FILE))?;
+    Ok(())
 }

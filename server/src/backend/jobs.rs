@@ -151,16 +151,12 @@ impl EngineBackend {
                     &folder,
                     EvalMode::Auto,
                     &cfg,
-                    &kadr_engine::expand::Expansion::off(),
+                    &kadr_engine::jobs::EvalOptions::default(),
                     self.inner.index_batch,
                     &set,
                 )?;
                 let view = self.eval_view(&folder, &report)?;
-                let text = serde_json::to_vec(&view)?;
-                let path = self.inner.home.join("eval.json");
-                let mut tmp = tempfile::NamedTempFile::new_in(&self.inner.home)?;
-                std::io::Write::write_all(&mut tmp, &text)?;
-                tmp.persist(&path)?;
+                super::dashboard::save_eval(&self.inner.home, &view)?;
                 Ok(format!(
                     "MAP@10 {:.4}, vote accuracy {:.4} over {} images ({})",
                     report.map_at_10, report.vote_accuracy, report.images, report.mode

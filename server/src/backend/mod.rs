@@ -7,7 +7,7 @@
 //! [`folders`] (which folders may be served), [`dashboard`] (statistics and the evaluation
 //! view).
 
-mod dashboard;
+pub mod dashboard;
 mod folders;
 mod jobs;
 mod uploads;

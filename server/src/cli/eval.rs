@@ -5,7 +5,8 @@ use super::{progress_bar, report_failures, ExpansionArgs, VoteArgs};
 use anyhow::Result;
 use clap::Args;
 use kadr_engine::fusion::EmbeddingKind;
-use kadr_engine::jobs::{eval_folder, eval_fusion_folder, EvalMode};
+use kadr_engine::head::HeadConfig;
+use kadr_engine::jobs::{eval_folder, eval_fusion_folder, EvalMode, EvalOptions};
 use kadr_engine::settings::Settings;
 use kadr_engine::workspace::Workspace;
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ pub struct EvalArgs {
     vote: VoteArgs,
     #[command(flatten)]
     qe: ExpansionArgs,
+    /// Also train a category head on the embeddings and report its accuracy (on valid/, or
+    /// in 5-fold cross-validation for a set without splits)
+    #[arg(long)]
+    head: bool,
     /// Write the full report (per category, confusion matrix, worst queries) as JSON
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -39,6 +44,10 @@ pub struct EvalArgs {
 pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
     let cfg = a.vote.config()?;
     let qe = a.qe.expansion()?;
+    let opts = EvalOptions {
+        qe,
+        head: a.head.then(HeadConfig::default),
+    };
     let batch = s.max_batch_size;
     if a.fusion {
         anyhow::ensure!(
@@ -57,12 +66,19 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
             &a.data,
             a.mode,
             &cfg,
-            &qe,
+            &opts,
             &weights,
             batch,
             &progress_bar("embed"),
         )?;
         report_failures(&indexed.failed);
+        // The dashboard shows the space this workspace searches: fused at FUSION_WEIGHT.
+        if let Some(sp) = spaces.iter().find(|sp| {
+            sp.weight
+                .is_some_and(|w| (w - s.fusion_weight).abs() < 1e-6)
+        }) {
+            save_for_dashboard(&s, &ws, &a.data, &sp.report, &qe)?;
+        }
         print_fusion_sweep(&ws, &spaces, s.fusion_weight, &qe);
         return Ok(());
     }
@@ -72,11 +88,12 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
         &a.data,
         a.mode,
         &cfg,
-        &qe,
+        &opts,
         batch,
         &progress_bar("embed"),
     )?;
     report_failures(&indexed.failed);
+    save_for_dashboard(&s, &ws, &a.data, &report, &qe)?;
     println!(
         "model: {}  mode: {}  k: {}{}",
         ws.space_id(),
@@ -94,6 +111,12 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
             c.category, c.images, c.map_at_k, c.precision, c.recall
         );
     }
+    if let Some(h) = report.head_accuracy {
+        println!(
+            "head accuracy {h:.4}, {}-NN vote accuracy {:.4}",
+            report.k, report.vote_accuracy
+        );
+    }
     if let Some(p) = a.json_out {
         std::fs::write(&p, serde_json::to_vec_pretty(&report)?)?;
     }
@@ -103,6 +126,7 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
     let summary = serde_json::json!({
         "map_at_10": report.map_at_10,
         "vote_accuracy": report.vote_accuracy,
+        "head_accuracy": report.head_accuracy,
         "images": report.images,
         "queries": report.queries,
         "mode": report.mode,
@@ -117,6 +141,23 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
 
 /// Prints `kadr eval --fusion`: one line per space, the best fused weight marked, and a JSON
 /// summary as the last line.
+/// Keeps the evaluation as the last one, which the web app's dashboard shows.
+fn save_for_dashboard(
+    s: &Settings,
+    ws: &Workspace,
+    data: &std::path::Path,
+    report: &kadr_engine::eval::Report,
+    qe: &kadr_engine::expand::Expansion,
+) -> Result<()> {
+    use kadr::backend::dashboard::{eval_view, save_eval};
+    let mut view = eval_view(ws, &data.canonicalize()?, report)?;
+    if !qe.is_off() {
+        view.mode = format!("{}, query expansion {} (α {})", view.mode, qe.n, qe.alpha);
+    }
+    view.mode.push_str(", kadr eval");
+    save_eval(&s.home, &view)
+}
+
 /// `  query expansion: N neighbours, α A` when it is on.
 fn qe_note(qe: &kadr_engine::expand::Expansion) -> String {
     if qe.is_off() {
@@ -177,6 +218,7 @@ fn print_fusion_sweep(
             "weight": sp.weight.map(round),
             "map_at_10": sp.report.map_at_10,
             "vote_accuracy": sp.report.vote_accuracy,
+            "head_accuracy": sp.report.head_accuracy,
         })
     };
     let summary = serde_json::json!({

@@ -8,6 +8,7 @@ pub mod make_dataset;
 pub mod search;
 pub mod serve;
 pub mod submit;
+pub mod train;
 
 use anyhow::Result;
 use clap::Args;

@@ -300,7 +300,10 @@ impl MilvusIndex {
             return Ok(c.clone());
         }
         let uri = self.cfg.uri.clone();
-        let c = self.run(async move { Client::new(uri).await })?;
+        // The client's own default cuts every call at 10 s: a search of many queries over a
+        // large collection takes longer. One call may take MILVUS_TIMEOUT.
+        let timeout = self.cfg.timeout;
+        let c = self.run(async move { Client::with_timeout(uri, timeout, None, None).await })?;
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
         Ok(c)
     }
