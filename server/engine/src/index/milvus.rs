@@ -359,6 +359,49 @@ impl MilvusIndex {
 
     /// Waits until Milvus has built its index over every sealed segment (after a bulk load
     /// and a flush; growing segments are searched by brute force until they seal).
+    /// The vector index's rows as Milvus counts them: indexed, flushed in all, and waiting
+    /// for their index. (The client's `describe_index` drops these fields, so this asks the
+    /// same RPC through the generated gRPC client.)
+    fn index_rows(&self) -> Result<(i64, i64, i64)> {
+        use milvus::proto::milvus::{
+            milvus_service_client::MilvusServiceClient, DescribeIndexRequest,
+        };
+        let uri = self.cfg.uri.clone();
+        let name = self.collection.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let r = async {
+                let channel = tonic::transport::Endpoint::from_shared(uri)?
+                    .connect()
+                    .await?;
+                let mut c = MilvusServiceClient::new(channel);
+                let res = c
+                    .describe_index(DescribeIndexRequest {
+                        collection_name: name,
+                        field_name: VECTOR.into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                if let Some(st) = res.status.as_ref().filter(|st| st.code != 0) {
+                    bail!("describing the index: {}", st.reason);
+                }
+                anyhow::Ok(res.index_descriptions.iter().fold((0, 0, 0), |a, d| {
+                    (
+                        a.0 + d.indexed_rows,
+                        a.1 + d.total_rows,
+                        a.2 + d.pending_index_rows,
+                    )
+                }))
+            }
+            .await;
+            let _ = tx.send(r);
+        });
+        rx.recv()
+            .map_err(|_| anyhow!("the Milvus client's runtime stopped"))?
+            .with_context(|| format!("Milvus at {}: reading the index's progress", self.cfg.uri))
+    }
+
     pub fn wait_for_index(&self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
@@ -367,11 +410,16 @@ impl MilvusIndex {
                 let name = name.clone();
                 async move { c.describe_index(name.as_str(), VECTOR).await }
             })?;
-            let done = state
+            let finished = state
                 .iter()
                 .all(|i| i.state() == milvus::proto::common::IndexState::Finished);
-            if done {
-                return Ok(());
+            // "Finished" alone is not enough: Milvus 2.3 reports it while sealed segments are
+            // still queued for their index (searched by brute force meanwhile). The rows are.
+            if finished {
+                let (indexed, total, pending) = self.index_rows()?;
+                if indexed >= total && pending == 0 {
+                    return Ok(());
+                }
             }
             if start.elapsed() > timeout {
                 bail!("Milvus did not finish its index within {timeout:?}");
