@@ -121,9 +121,12 @@ fn measure(
     measure_with(&|q| index.search(q, K, &all), queries, dim, truth)
 }
 
-/// [`measure`] of any search (queries → top-10 of each).
+/// Queries (row-major) → the top 10 of each.
+type Search<'a> = dyn Fn(&[f32]) -> Result<Vec<Vec<Hit>>> + 'a;
+
+/// [`measure`] of any search.
 fn measure_with(
-    search: &dyn Fn(&[f32]) -> Result<Vec<Vec<Hit>>>,
+    search: &Search,
     queries: &[f32],
     dim: usize,
     truth: &[Vec<Hit>],

@@ -123,14 +123,13 @@ pub fn eval_folder(
     ws: &Workspace,
     dir: &Path,
     mode: EvalMode,
-    cfg: &VoteConfig,
     opts: &EvalOptions,
     batch: usize,
     progress: &dyn Fn(usize, usize),
 ) -> Result<(Report, IndexReport)> {
     let (_, indexed) = index_folder(ws, dir, batch, progress)?;
     let all = labelled(ws, dir)?;
-    Ok((evaluate_labelled(&all, dir, mode, cfg, opts)?, indexed))
+    Ok((evaluate_labelled(&all, dir, mode, opts)?, indexed))
 }
 
 /// The evaluation of one space over a fused workspace's folder: the visual vectors alone
@@ -146,7 +145,6 @@ pub fn eval_fusion_folder(
     ws: &Workspace,
     dir: &Path,
     mode: EvalMode,
-    cfg: &VoteConfig,
     opts: &EvalOptions,
     weights: &[f32],
     batch: usize,
@@ -170,7 +168,7 @@ pub fn eval_fusion_folder(
                 item(&dir_abs, row.clone(), embedding)
             })
             .collect();
-        let report = evaluate_labelled(&all, dir, mode, cfg, opts)?;
+        let report = evaluate_labelled(&all, dir, mode, opts)?;
         out.push(SpaceReport { weight, report });
     }
     Ok((out, indexed))
@@ -179,9 +177,10 @@ pub fn eval_fusion_folder(
 /// Folds of the cross-validation that scores a head on a set without splits.
 pub const CV_FOLDS: usize = 5;
 
-/// What an evaluation measures besides the neighbours' vote.
-#[derive(Debug, Clone, Copy, Default)]
+/// How an evaluation votes, and what it measures besides the neighbours' vote.
+#[derive(Debug, Clone, Default)]
 pub struct EvalOptions {
+    pub vote: VoteConfig,
     /// Query expansion before the search.
     pub qe: Expansion,
     /// Also train a head (on `train/`, scored on `valid/`; or in cross-validation) and
@@ -202,9 +201,9 @@ fn evaluate_labelled(
     all: &[(String, Item)],
     dir: &Path,
     mode: EvalMode,
-    cfg: &VoteConfig,
     opts: &EvalOptions,
 ) -> Result<Report> {
+    let cfg = &opts.vote;
     let has = |s: &str| all.iter().any(|(split, _)| split == s);
     let split_mode = match mode {
         EvalMode::Auto => has("train") && has("valid"),

@@ -8,7 +8,6 @@ use super::{lock, EngineBackend};
 use app::errors::ApiError;
 use app::types::*;
 use kadr_engine::jobs::{eval_folder, EvalMode};
-use kadr_engine::vote::VoteConfig;
 use std::path::PathBuf;
 
 impl EngineBackend {
@@ -145,12 +144,10 @@ impl EngineBackend {
                     .first()
                     .ok_or_else(|| anyhow::anyhow!("no dataset folder to evaluate: add one first"))?
                     .clone();
-                let cfg = VoteConfig::default();
                 let (report, _) = eval_folder(
                     &self.inner.ws,
                     &folder,
                     EvalMode::Auto,
-                    &cfg,
                     &kadr_engine::jobs::EvalOptions::default(),
                     self.inner.index_batch,
                     &set,

@@ -45,6 +45,7 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
     let cfg = a.vote.config()?;
     let qe = a.qe.expansion()?;
     let opts = EvalOptions {
+        vote: cfg,
         qe,
         head: a.head.then(HeadConfig::default),
     };
@@ -65,7 +66,6 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
             &ws,
             &a.data,
             a.mode,
-            &cfg,
             &opts,
             &weights,
             batch,
@@ -83,15 +83,8 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
         return Ok(());
     }
     let ws = Workspace::open(&s)?;
-    let (report, indexed) = eval_folder(
-        &ws,
-        &a.data,
-        a.mode,
-        &cfg,
-        &opts,
-        batch,
-        &progress_bar("embed"),
-    )?;
+    let (report, indexed) =
+        eval_folder(&ws, &a.data, a.mode, &opts, batch, &progress_bar("embed"))?;
     report_failures(&indexed.failed);
     save_for_dashboard(&s, &ws, &a.data, &report, &qe)?;
     println!(
