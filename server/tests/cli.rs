@@ -17,6 +17,20 @@ fn kadr(home: &Path, weights: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// AP@10 of a ranked relevance list with `relevant` relevant images in all: Σ precision at
+/// each relevant rank / min(relevant, 10), computed here independently of kadr's own.
+fn ap_of(ranked: &[bool], relevant: usize) -> f64 {
+    let mut hits = 0;
+    let mut sum = 0.0;
+    for (rank, &rel) in ranked.iter().take(10).enumerate() {
+        if rel {
+            hits += 1;
+            sum += hits as f64 / (rank + 1) as f64;
+        }
+    }
+    sum / relevant.min(10) as f64
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -112,15 +126,7 @@ fn index_search_eval_submit() {
                 .map(|h| h["category"] == name)
                 .collect();
             assert_eq!(ranked.len(), 10);
-            let mut hits = 0;
-            let mut sum = 0.0;
-            for (rank, &rel) in ranked.iter().enumerate() {
-                if rel {
-                    hits += 1;
-                    sum += hits as f64 / (rank + 1) as f64;
-                }
-            }
-            aps.push(sum / 4.0);
+            aps.push(ap_of(&ranked, 4));
         }
     }
     let want = aps.iter().sum::<f64>() / aps.len() as f64;
@@ -159,16 +165,14 @@ fn index_search_eval_submit() {
             .concat();
             let v: serde_json::Value =
                 serde_json::from_str(ok(&kadr(&home, &w, &args)).trim()).unwrap();
-            let mut hits = 0;
-            let mut sum = 0.0;
-            for (rank, h) in v["neighbours"].as_array().unwrap().iter().enumerate() {
-                assert!(h["path"].as_str().unwrap().contains("train/"), "{v}");
-                if h["category"] == name {
-                    hits += 1;
-                    sum += hits as f64 / (rank + 1) as f64;
-                }
-            }
-            aps.push(sum / 4.0);
+            let ranked: Vec<bool> = v["neighbours"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .inspect(|h| assert!(h["path"].as_str().unwrap().contains("train/"), "{v}"))
+                .map(|h| h["category"] == name)
+                .collect();
+            aps.push(ap_of(&ranked, 4));
         }
     }
     let want = aps.iter().sum::<f64>() / aps.len() as f64;
