@@ -1,7 +1,7 @@
 //! Vector index at scale: build time, memory, query latency (one query, and batches of 100) and
 //! recall@10 against exact search, for FAISS flat / HNSW / IVF / IVF-PQ (kadr's own
-//! `FaissIndex`, trained as the workspace trains it) and, with `--features milvus` and
-//! `MILVUS_URI`, Milvus HNSW / IVF over the same vectors. Run by `bench/index_scale.sh`.
+//! `FaissIndex`, trained as the workspace trains it) and, with `--features milvus`, Milvus HNSW /
+//! IVF over the same vectors. Run by `bench/index_scale.sh`.
 //!
 //! Data: `N` (default 1,000,000) synthetic 1280-d vectors in 1,000 Gaussian clusters,
 //! L2-normalised (image embeddings are clustered by content, not uniform); queries are fresh
@@ -9,7 +9,12 @@
 //! 10 candidates re-scored against the vectors in a real kadr store (SQLite on disk, written
 //! by the bench first). Env: N, DIM, QUERIES (recall set, default 1000), KINDS (FAISS
 //! kinds to measure, default `hnsw,ivf,ivfpq`; exact flat is always built for the truth),
-//! MILVUS_URI.
+//! MILVUS (`off` skips Milvus), MILVUS_URI (an existing server or cluster to measure instead).
+//!
+//! Without MILVUS_URI each Milvus kind gets a fresh real server (`scripts/milvus_server.py`)
+//! with its own data folder, removed after it: Milvus keeps a dropped collection's log and
+//! binlogs for hours, and at a million 1280-d vectors two kinds on one server need more than
+//! 40 GB of disk.
 
 use anyhow::Result;
 use kadr_engine::index::{
@@ -303,18 +308,45 @@ fn main() -> Result<()> {
     // hold them beside the server.
     drop(data);
     #[cfg(feature = "milvus")]
-    if let Ok(uri) = std::env::var("MILVUS_URI") {
+    if std::env::var("MILVUS").as_deref() != Ok("off") {
         let chunk = |start: usize, n: usize| points(&centres, dim, start, n, 1);
-        milvus_runs(&uri, dim, &entries, &chunk, &queries, &truth)?;
+        for kind in [IndexKind::Hnsw, IndexKind::Ivf] {
+            match std::env::var("MILVUS_URI") {
+                Ok(uri) => milvus_run(&uri, None, kind, dim, &entries, &chunk, &queries, &truth)?,
+                Err(_) => {
+                    let dir = tempfile::Builder::new()
+                        .prefix("kadr-bench-milvus")
+                        .tempdir_in(std::env::var("MILVUS_DIR").unwrap_or_else(|_| ".".into()))?;
+                    let server = kadr_testkit::milvus::MilvusServer::start(dir.path());
+                    let pid = server.server_pid();
+                    milvus_run(
+                        &server.uri(),
+                        pid,
+                        kind,
+                        dim,
+                        &entries,
+                        &chunk,
+                        &queries,
+                        &truth,
+                    )?;
+                    drop(server);
+                }
+            }
+        }
     }
     #[cfg(not(feature = "milvus"))]
-    println!("milvus: not measured (build with --features milvus and set MILVUS_URI)");
+    println!("milvus: not measured (build with --features milvus)");
     Ok(())
 }
 
+/// One Milvus kind over the same vectors: insert, flush, wait until every segment is indexed,
+/// then the same measurements as FAISS. `pid` is the server's, for its memory.
 #[cfg(feature = "milvus")]
-fn milvus_runs(
+#[allow(clippy::too_many_arguments)]
+fn milvus_run(
     uri: &str,
+    pid: Option<u32>,
+    kind: IndexKind,
     dim: usize,
     entries: &[Entry],
     chunk: &dyn Fn(usize, usize) -> Vec<f32>,
@@ -323,10 +355,8 @@ fn milvus_runs(
 ) -> Result<()> {
     use kadr_engine::index::milvus::{MilvusConfig, MilvusIndex};
     use std::time::Duration;
-    let pid = std::env::var("MILVUS_PID").ok();
     let server_rss = || -> String {
-        pid.as_ref()
-            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
             .and_then(|s| {
                 s.lines()
                     .find(|l| l.starts_with("VmRSS:"))
@@ -335,32 +365,31 @@ fn milvus_runs(
             })
             .map_or("?".into(), |kb| format!("{:.0}", kb / 1024.0))
     };
-    for kind in [IndexKind::Hnsw, IndexKind::Ivf] {
-        let cfg = MilvusConfig {
-            uri: uri.into(),
-            kind,
-            nprobe: kadr_engine::index::faiss::DEFAULT_NPROBE,
-            ef_search: kadr_engine::index::faiss::DEFAULT_EF_SEARCH,
-            timeout: Duration::from_secs(600),
-        };
-        let mut m = MilvusIndex::open(&cfg, &format!("bench {kind:?}"), dim)?;
-        m.recreate()?;
-        let t = Instant::now();
-        let rows = 4096;
-        for (i, e) in entries.chunks(rows).enumerate() {
-            m.add(e, &chunk(i * rows, e.len()))?;
-        }
-        m.persist()?;
-        let loaded = t.elapsed().as_secs_f64();
-        m.wait_for_index(Duration::from_secs(3600))?;
-        let build = t.elapsed().as_secs_f64();
-        println!(
-            "milvus {:<27} insert+flush {loaded:.1} s, index built {build:>7.1} s | server RSS {} MiB | {}",
-            format!("{kind:?}").to_lowercase(),
-            server_rss(),
-            measure(&m, queries, dim, truth)?
-        );
-        m.recreate()?;
+    let cfg = MilvusConfig {
+        uri: uri.into(),
+        kind,
+        nprobe: kadr_engine::index::faiss::DEFAULT_NPROBE,
+        ef_search: kadr_engine::index::faiss::DEFAULT_EF_SEARCH,
+        timeout: Duration::from_secs(600),
+    };
+    let mut m = MilvusIndex::open(&cfg, &format!("bench {kind:?}"), dim)?;
+    m.recreate()?;
+    let t = Instant::now();
+    let rows = 4096;
+    for (i, e) in entries.chunks(rows).enumerate() {
+        m.add(e, &chunk(i * rows, e.len()))?;
     }
+    m.persist()?;
+    let loaded = t.elapsed().as_secs_f64();
+    m.wait_for_index(Duration::from_secs(3600))?;
+    let build = t.elapsed().as_secs_f64();
+    println!(
+        "milvus {:<27} insert+flush {loaded:.1} s, index built {build:>7.1} s | server RSS {} MiB | {}",
+        format!("{kind:?}").to_lowercase(),
+        server_rss(),
+        measure(&m, queries, dim, truth)?
+    );
+    // Frees the vectors on a server that outlives the bench (an empty collection stays).
+    m.recreate()?;
     Ok(())
 }

@@ -89,6 +89,20 @@ impl MilvusServer {
         self.child = Some(child);
     }
 
+    /// The pid of the Milvus server process itself (`milvus run standalone`, a child of the
+    /// launcher script), to read its memory; `None` if it is not running.
+    pub fn server_pid(&self) -> Option<u32> {
+        let group = self.child.as_ref()?.id() as i32;
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid pgrp …; comm may hold spaces, so split after its ')'.
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let pgrp: i32 = rest.split_whitespace().nth(2)?.parse().ok()?;
+            (pgrp == group && comm == "milvus").then_some(pid)
+        })
+    }
+
     /// Kills the server and everything it started with SIGKILL: no shutdown, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
