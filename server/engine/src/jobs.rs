@@ -89,6 +89,46 @@ fn relative(dir: &Path, path: &str) -> String {
         .unwrap_or_else(|_| path.to_string())
 }
 
+/// Indexes `dirs` and finds the duplicates among their images (exact, and near at
+/// `threshold`): names are relative to their folder, prefixed with the folder when there are
+/// several.
+pub fn dupes_folders(
+    ws: &Workspace,
+    dirs: &[std::path::PathBuf],
+    threshold: f32,
+    batch: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<(crate::dupes::DupesReport, IndexReport)> {
+    let (files, indexed) = index_folders(ws, dirs, batch, progress)?;
+    if files.is_empty() {
+        bail!("no images (.jpg .jpeg .png .webp .gif .bmp) under the folders given");
+    }
+    let mut rows = Vec::new();
+    for dir in dirs {
+        let (abs, prefix) = prefix_of(dir)?;
+        let shown = if dirs.len() > 1 {
+            format!("{}/", dir.display())
+        } else {
+            String::new()
+        };
+        for (row, v) in ws.vectors_under(&prefix)? {
+            let name = format!("{shown}{}", relative(&abs, &row.path));
+            rows.push((name, row, v));
+        }
+    }
+    let images: Vec<crate::dupes::Candidate> = rows
+        .iter()
+        .map(|(name, row, v)| crate::dupes::Candidate {
+            name: name.clone(),
+            hash: &row.hash,
+            split: &row.split,
+            category: &row.category,
+            vector: v,
+        })
+        .collect();
+    Ok((crate::dupes::find(&images, threshold)?, indexed))
+}
+
 /// The folder and the path prefix its stored images have.
 fn prefix_of(dir: &Path) -> Result<(std::path::PathBuf, String)> {
     let dir = dir.canonicalize()?;
@@ -130,6 +170,21 @@ pub fn eval_folder(
     let (_, indexed) = index_folder(ws, dir, batch, progress)?;
     let all = labelled(ws, dir)?;
     Ok((evaluate_labelled(&all, dir, mode, opts)?, indexed))
+}
+
+/// Evaluates the images of `dir` stored before, without indexing or embedding anything: what
+/// the dashboard does when the tuning changes.
+pub fn evaluate_stored(
+    ws: &Workspace,
+    dir: &Path,
+    mode: EvalMode,
+    opts: &EvalOptions,
+) -> Result<Report> {
+    let all = labelled(ws, dir)?;
+    if all.is_empty() {
+        bail!("nothing stored under {}: index it first", dir.display());
+    }
+    evaluate_labelled(&all, dir, mode, opts)
 }
 
 /// The evaluation of one space over a fused workspace's folder: the visual vectors alone

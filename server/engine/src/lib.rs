@@ -6,12 +6,13 @@
 //! [`submit`]. [`dataset`] finds labelled images on
 //! disk, [`jobs`] runs the stages over folders, [`settings`] is the one typed configuration;
 //! [`csv_safe`] writes CSV a spreadsheet will not run; [`head`] learns the categories from
-//! the stored vectors.
+//! the stored vectors; [`dupes`] finds copies among them and what they leak.
 
 pub mod batcher;
 pub mod csv_safe;
 pub mod dataset;
 pub mod decode;
+pub mod dupes;
 pub mod embed;
 pub mod eval;
 pub mod expand;

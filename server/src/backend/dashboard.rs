@@ -1,6 +1,6 @@
 //! The dashboard: figures over everything analysed (voted categories, confidence, time per
 //! stage, throughput, refusals) and the view of the last evaluation (per category, confusion,
-//! worst queries, a PCA map of the embeddings).
+//! worst queries, a PCA map of the embeddings); the duplicates among the served images.
 
 use super::{internal, lock, ms, now, EngineBackend};
 use app::errors::ApiError;
@@ -19,6 +19,37 @@ pub const EVAL_FILE: &str = "eval.json";
 const MAP_POINTS: usize = 3000;
 
 impl EngineBackend {
+    /// The duplicates among the served folders' stored images (no embedding: what the
+    /// folders' indexing stored), names relative to their folder.
+    pub(super) fn duplicates(
+        &self,
+        threshold: f32,
+        limit: usize,
+    ) -> Result<app::dupes::DupesReport, ApiError> {
+        let folders = lock(&self.inner.folders)?.clone();
+        // By row id: a folder added inside a served one holds the same rows.
+        let mut rows = std::collections::BTreeMap::new();
+        for f in &folders {
+            let prefix = format!("{}{}", f.to_string_lossy(), std::path::MAIN_SEPARATOR);
+            for (row, v) in self.inner.ws.vectors_under(&prefix).map_err(internal)? {
+                rows.insert(row.id, (self.relative(&row.path), row, v));
+            }
+        }
+        let images: Vec<kadr_engine::dupes::Candidate> = rows
+            .values()
+            .map(|(name, row, v)| kadr_engine::dupes::Candidate {
+                name: name.clone(),
+                hash: &row.hash,
+                split: &row.split,
+                category: &row.category,
+                vector: v,
+            })
+            .collect();
+        let mut r = kadr_engine::dupes::find(&images, threshold).map_err(internal)?;
+        r.pairs.truncate(limit);
+        Ok(r)
+    }
+
     pub(super) fn dashboard_stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError> {
         self.check_categories(cfg)?;
         let records = lock(&self.inner.history)?
@@ -52,7 +83,8 @@ impl EngineBackend {
         let eval = std::fs::read(self.inner.home.join(EVAL_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice::<EvalView>(&b).ok())
-            .filter(|e| e.model == self.model());
+            .filter(|e| e.model == self.model())
+            .map(|saved| self.live_eval(saved, cfg));
         Ok(Stats {
             analyses: n as u64,
             categories,
@@ -80,10 +112,82 @@ impl EngineBackend {
         })
     }
 
+    /// The last evaluation evaluated again from the stored vectors under `cfg` (the page's
+    /// tuning), keeping its mode and query expansion; as saved when it cannot be (a fusion
+    /// sweep, a folder gone). The last one is kept, so reloads with one tuning are free.
+    fn live_eval(&self, saved: EvalView, cfg: &VoteConfig) -> EvalView {
+        let mode = match saved.replay.as_str() {
+            "split" => kadr_engine::jobs::EvalMode::Split,
+            "loo" => kadr_engine::jobs::EvalMode::LeaveOneOut,
+            _ => return saved,
+        };
+        let key = format!("{}|{}|{cfg:?}", saved.created_at, saved.folder);
+        if let Ok(cache) = self.inner.live_eval.lock() {
+            if let Some((k, v)) = cache.as_ref() {
+                if *k == key {
+                    return v.clone();
+                }
+            }
+        }
+        let folder = Path::new(&saved.folder);
+        let opts = kadr_engine::jobs::EvalOptions {
+            vote: cfg.clone(),
+            qe: kadr_engine::expand::Expansion {
+                n: saved.qe,
+                alpha: saved.qe_alpha,
+            },
+            head: None,
+        };
+        let ws = &self.inner.ws;
+        let view = kadr_engine::jobs::evaluate_stored(ws, folder, mode, &opts)
+            .and_then(|r| eval_view(ws, folder, &r));
+        match view {
+            Ok(v) => {
+                let v = EvalView {
+                    mode: saved.mode,
+                    created_at: saved.created_at,
+                    replay: saved.replay,
+                    qe: saved.qe,
+                    qe_alpha: saved.qe_alpha,
+                    tuning: describe(cfg),
+                    ..v
+                };
+                if let Ok(mut cache) = self.inner.live_eval.lock() {
+                    *cache = Some((key, v.clone()));
+                }
+                v
+            }
+            Err(e) => {
+                tracing::warn!("the last evaluation could not be run again: {e:#}");
+                saved
+            }
+        }
+    }
+
     /// The dashboard's view of an evaluation report of `folder`.
     pub(super) fn eval_view(&self, folder: &Path, report: &Report) -> anyhow::Result<EvalView> {
         eval_view(&self.inner.ws, folder, report)
     }
+}
+
+/// A vote configuration in a few words, for the dashboard.
+fn describe(cfg: &VoteConfig) -> String {
+    let mut s = format!(
+        "k {}, {} vote, similarity ≥ {:.2}",
+        cfg.k,
+        cfg.mode.as_str(),
+        cfg.min_similarity
+    );
+    if let Some(r) = cfg.relative_to_best {
+        s.push_str(&format!(", ≥ {r:.2} × the best"));
+    }
+    if cfg.min_confidence > 0.0 {
+        s.push_str(&format!(", confidence ≥ {:.2}", cfg.min_confidence));
+    }
+    if !cfg.rules.rename.is_empty() || !cfg.rules.ignore.is_empty() {
+        s.push_str(", category rules");
+    }
+    s
 }
 
 /// The dashboard's view of an evaluation of `folder` in `ws` (per category, confusion, worst
@@ -160,6 +264,14 @@ pub fn eval_view(ws: &Workspace, folder: &Path, report: &Report) -> anyhow::Resu
             })
             .collect(),
         created_at: now(),
+        replay: match report.mode.as_str() {
+            "queries" => "split".into(),
+            "leave-one-out" => "loo".into(),
+            _ => String::new(),
+        },
+        qe: 0,
+        qe_alpha: 0.0,
+        tuning: String::new(),
     })
 }
 

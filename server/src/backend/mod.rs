@@ -59,6 +59,8 @@ struct Inner {
     max_pixels: u64,
     /// Uploads decoding at once.
     decode_gate: Gate,
+    /// The dashboard's last evaluation under the last tuning asked for, by key.
+    live_eval: Mutex<Option<(String, EvalView)>>,
 }
 
 /// At most `n` holders at once; the others wait their turn.
@@ -253,6 +255,7 @@ impl EngineBackend {
                     std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
                 ),
                 vlm: vlm.map(Mutex::new),
+                live_eval: Mutex::new(None),
             }),
         };
         // Folders added from the dataset page before a restart are served again (where they
@@ -338,6 +341,10 @@ impl app::backend::Backend for EngineBackend {
 
     fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError> {
         self.dashboard_stats(cfg)
+    }
+
+    fn dupes(&self, threshold: f32, limit: usize) -> Result<app::dupes::DupesReport, ApiError> {
+        self.duplicates(threshold, limit)
     }
 
     fn start_job(&self, request: JobRequest) -> Result<JobStatus, ApiError> {

@@ -146,6 +146,8 @@ fn save_for_dashboard(
     let mut view = eval_view(ws, &data.canonicalize()?, report)?;
     if !qe.is_off() {
         view.mode = format!("{}, query expansion {} (α {})", view.mode, qe.n, qe.alpha);
+        view.qe = qe.n;
+        view.qe_alpha = qe.alpha;
     }
     view.mode.push_str(", kadr eval");
     save_eval(&s.home, &view)

@@ -1,5 +1,5 @@
 //! `kadr make-dataset tuxpaint|fashion-mnist --out DIR`: the bundled datasets, from Debian's
-//! packages.
+//! packages (Fashion-MNIST also as `train/` and `valid/` splits).
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -24,6 +24,11 @@ pub struct MakeDatasetArgs {
     /// Images per class (fashion-mnist)
     #[arg(long, default_value_t = 1000)]
     per_class: usize,
+    /// fashion-mnist with splits: OUT/train/ gets --per-class images per class from the
+    /// training file and OUT/valid/ this many per class from the test file (0: one folder of
+    /// test-file images, no splits)
+    #[arg(long, default_value_t = 0)]
+    valid_per_class: usize,
 }
 
 pub fn run(a: MakeDatasetArgs) -> Result<()> {
@@ -40,12 +45,16 @@ pub fn run(a: MakeDatasetArgs) -> Result<()> {
                 &a.out,
             )?
         }
-        Dataset::FashionMnist => kadr_engine::dataset::build_fashion_mnist(
-            "/usr/share/datasets/fashion-mnist".as_ref(),
-            "t10k",
-            a.per_class,
-            &a.out,
-        )?,
+        Dataset::FashionMnist => {
+            let src: &std::path::Path = "/usr/share/datasets/fashion-mnist".as_ref();
+            let build = kadr_engine::dataset::build_fashion_mnist;
+            if a.valid_per_class == 0 {
+                build(src, "t10k", a.per_class, &a.out)?
+            } else {
+                build(src, "train", a.per_class, &a.out.join("train"))?
+                    + build(src, "t10k", a.valid_per_class, &a.out.join("valid"))?
+            }
+        }
     };
     println!("wrote {n} images to {}", a.out.display());
     Ok(())

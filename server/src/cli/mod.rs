@@ -1,6 +1,7 @@
 //! The subcommands, one file each, and what they share: the vote flags, the progress bar, the
 //! report of unreadable files.
 
+pub mod dupes;
 pub mod eval;
 pub mod import_weights;
 pub mod index;

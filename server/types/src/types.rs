@@ -341,6 +341,21 @@ pub struct EvalView {
     /// Every evaluated image projected on the first two principal components.
     pub map: Vec<MapPoint>,
     pub created_at: i64,
+    /// How the dashboard can evaluate it again from the stored vectors when the tuning
+    /// changes: `"split"` (`valid/` against `train/`) or `"loo"` (leave-one-out); empty when
+    /// it cannot.
+    #[serde(default)]
+    pub replay: String,
+    /// The query expansion it used (neighbours, 0 for none, and α), kept when evaluated again.
+    #[serde(default)]
+    pub qe: usize,
+    #[serde(default)]
+    pub qe_alpha: f32,
+    /// The vote these figures were computed under when the dashboard evaluated the stored
+    /// vectors again for its page's tuning ("k 5, weighted vote, similarity ≥ 0.30"); empty
+    /// for the figures as first run.
+    #[serde(default)]
+    pub tuning: String,
 }
 
 /// One category's evaluation figures.
