@@ -50,6 +50,24 @@ fn pair(a: &Candidate, b: &Candidate, kind: DupeKind, similarity: f32) -> DupePa
     }
 }
 
+/// [`find`] over stored rows, each with the name to show and its vector.
+pub fn find_stored<'a>(
+    rows: impl IntoIterator<Item = &'a (String, crate::store::ImageRow, Vec<f32>)>,
+    threshold: f32,
+) -> Result<DupesReport> {
+    let images: Vec<Candidate> = rows
+        .into_iter()
+        .map(|(name, row, v)| Candidate {
+            name: name.clone(),
+            hash: &row.hash,
+            split: &row.split,
+            category: &row.category,
+            vector: v,
+        })
+        .collect();
+    find(&images, threshold)
+}
+
 /// The exact and near duplicate pairs among `images` (unit vectors of one space).
 pub fn find(images: &[Candidate], threshold: f32) -> Result<DupesReport> {
     anyhow::ensure!(

@@ -116,17 +116,7 @@ pub fn dupes_folders(
             rows.push((name, row, v));
         }
     }
-    let images: Vec<crate::dupes::Candidate> = rows
-        .iter()
-        .map(|(name, row, v)| crate::dupes::Candidate {
-            name: name.clone(),
-            hash: &row.hash,
-            split: &row.split,
-            category: &row.category,
-            vector: v,
-        })
-        .collect();
-    Ok((crate::dupes::find(&images, threshold)?, indexed))
+    Ok((crate::dupes::find_stored(&rows, threshold)?, indexed))
 }
 
 /// The folder and the path prefix its stored images have.

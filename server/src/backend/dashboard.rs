@@ -35,17 +35,7 @@ impl EngineBackend {
                 rows.insert(row.id, (self.relative(&row.path), row, v));
             }
         }
-        let images: Vec<kadr_engine::dupes::Candidate> = rows
-            .values()
-            .map(|(name, row, v)| kadr_engine::dupes::Candidate {
-                name: name.clone(),
-                hash: &row.hash,
-                split: &row.split,
-                category: &row.category,
-                vector: v,
-            })
-            .collect();
-        let mut r = kadr_engine::dupes::find(&images, threshold).map_err(internal)?;
+        let mut r = kadr_engine::dupes::find_stored(rows.values(), threshold).map_err(internal)?;
         r.pairs.truncate(limit);
         Ok(r)
     }
