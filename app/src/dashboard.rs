@@ -10,7 +10,7 @@
 
 use crate::analyse::ErrorBox;
 use crate::charts::{bars, confusion, embedding_map, line, EChart};
-use crate::dupes::{DupeKind, DupesReport, Leak};
+use crate::dupes::{DupesReport, Leak};
 use crate::errors::ApiError;
 use crate::tuning::{use_tuning, TuningPanel};
 use crate::types::*;
@@ -60,9 +60,9 @@ pub async fn get_dupes(
     limit: Option<usize>,
 ) -> Result<DupesReport, ApiError> {
     use crate::backend::blocking;
-    use crate::dupes::{DEFAULT_NEAR_SIMILARITY, DEFAULT_PAIRS, MAX_PAIRS};
+    use crate::dupes::{valid_threshold, DEFAULT_NEAR_SIMILARITY, DEFAULT_PAIRS, MAX_PAIRS};
     let threshold = threshold.unwrap_or(DEFAULT_NEAR_SIMILARITY);
-    if !threshold.is_finite() || !(0.0..=1.0).contains(&threshold) {
+    if !valid_threshold(threshold) {
         return Err(ApiError::invalid(
             "threshold",
             format!("{threshold} is not within 0..1"),
@@ -161,10 +161,7 @@ fn DupesView(report: DupesReport) -> impl IntoView {
                 .pairs
                 .into_iter()
                 .map(|p| {
-                    let kind = match p.kind {
-                        DupeKind::Exact => "exact",
-                        DupeKind::Near => "near",
-                    };
+                    let kind = p.kind.as_str();
                     let leaks = p
                         .leakage
                         .iter()

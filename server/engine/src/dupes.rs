@@ -10,7 +10,9 @@
 
 use crate::index::{FaissIndex, Filter, VectorIndex};
 use anyhow::Result;
-pub use kadr_types::dupes::{DupeKind, DupePair, DupesReport, Leak, DEFAULT_NEAR_SIMILARITY};
+pub use kadr_types::dupes::{
+    valid_threshold, DupeKind, DupePair, DupesReport, Leak, DEFAULT_NEAR_SIMILARITY,
+};
 use std::collections::{BTreeMap, HashSet};
 
 /// Nearest neighbours looked at per image: an image with more near copies than this has the

@@ -5,7 +5,7 @@
 use super::{progress_bar, report_failures};
 use anyhow::Result;
 use clap::Args;
-use kadr_engine::dupes::{DupeKind, Leak, DEFAULT_NEAR_SIMILARITY};
+use kadr_engine::dupes::{valid_threshold, Leak, DEFAULT_NEAR_SIMILARITY};
 use kadr_engine::jobs::dupes_folders;
 use kadr_engine::settings::Settings;
 use kadr_engine::workspace::Workspace;
@@ -25,7 +25,7 @@ pub struct DupesArgs {
 
 pub fn run(s: &Settings, a: DupesArgs) -> Result<()> {
     anyhow::ensure!(
-        a.threshold.is_finite() && (0.0..=1.0).contains(&a.threshold),
+        valid_threshold(a.threshold),
         "--threshold must be within 0..1"
     );
     let ws = Workspace::open(s)?;
@@ -42,10 +42,7 @@ pub fn run(s: &Settings, a: DupesArgs) -> Result<()> {
         return Ok(());
     }
     for p in &r.pairs {
-        let kind = match p.kind {
-            DupeKind::Exact => "exact",
-            DupeKind::Near => "near",
-        };
+        let kind = p.kind.as_str();
         let leaks: Vec<&str> = p
             .leakage
             .iter()

@@ -23,6 +23,22 @@ pub enum DupeKind {
     Near,
 }
 
+impl DupeKind {
+    /// Its name, as in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Near => "near",
+        }
+    }
+}
+
+/// Whether a user may ask for `threshold`: finite, within 0..1 (the CLI's and the API's bound;
+/// the finder itself takes any cosine).
+pub fn valid_threshold(threshold: f32) -> bool {
+    threshold.is_finite() && (0.0..=1.0).contains(&threshold)
+}
+
 /// What a duplicate pair leaks: the same image on both sides of a split, or under two names.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
