@@ -12,7 +12,7 @@ log() { printf '\n== %s\n' "$*" >&2; }
 
 # --- system packages (Debian) ----------------------------------------------------------
 need=()
-for pkg in cmake g++ pkg-config libopenblas-dev chromium tuxpaint-stamps-default dataset-fashion-mnist; do
+for pkg in cmake nasm g++ pkg-config libopenblas-dev chromium tuxpaint-stamps-default dataset-fashion-mnist; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

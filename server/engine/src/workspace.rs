@@ -14,7 +14,7 @@
 //! One writer (an index job, a rebuild, a removal) runs at a time.
 
 use crate::dataset::LabeledFile;
-use crate::decode::decode;
+use crate::decode::{decode_for, MAX_PIXELS};
 use crate::embed::Embedder;
 use crate::fusion::{image_text, EmbeddingKind, Fusion};
 use crate::index::{Backend, Entry, FaissIndex, Filter, Hit, IndexConfig, IndexKind, VectorIndex};
@@ -49,6 +49,20 @@ pub struct IndexReport {
     pub failed: Vec<(String, String)>,
     /// Images indexed before whose files are gone from the folder, now removed.
     pub removed: usize,
+}
+
+/// One batch read, decoded and preprocessed, waiting for the forward pass.
+#[derive(Default)]
+struct Prepared {
+    /// Rows complete without a forward pass (an embedding reused from identical content).
+    rows: Vec<NewImage>,
+    /// Rows whose embeddings `pixels` will give, in order.
+    fresh: Vec<NewImage>,
+    /// The preprocessed input of `fresh`, image after image.
+    pixels: Vec<f32>,
+    skipped: usize,
+    reused: usize,
+    failed: Vec<(String, String)>,
 }
 
 /// A search result.
@@ -622,6 +636,10 @@ impl Workspace {
 
     /// Indexes `files`, a batch at a time; `progress(done)` is called after each batch.
     /// Unreadable files are reported, not fatal.
+    ///
+    /// Two stages overlap: while one batch is in the forward pass, the next is read, hashed,
+    /// decoded and preprocessed (on the same rayon pool, which the forward pass leaves idle
+    /// between its parallel sections). One batch is prepared ahead, so memory stays bounded.
     pub fn index_files(
         &self,
         files: &[LabeledFile],
@@ -630,102 +648,134 @@ impl Workspace {
     ) -> Result<IndexReport> {
         let _writer = lock(&self.writer);
         let mut report = IndexReport::default();
-        let model = self.embedder.model_id().to_string();
-        let spec = self.embedder.preprocess_spec();
         let mut done = 0;
-        for chunk in files.chunks(batch.max(1)) {
-            // Read and hash in parallel; the store (one SQLite connection) is asked serially.
-            let read: Vec<(String, std::io::Result<Vec<u8>>)> = chunk
-                .par_iter()
-                .map(|f| {
-                    (
-                        f.path.to_string_lossy().into_owned(),
-                        std::fs::read(&f.path),
-                    )
-                })
-                .collect();
-            let mut rows = Vec::new();
-            let mut to_decode = Vec::new();
-            let store = self.store();
-            for (file, (path, bytes)) in chunk.iter().zip(read) {
-                let bytes = match bytes {
-                    Ok(b) => b,
-                    Err(e) => {
-                        report.failed.push((path, e.to_string()));
-                        continue;
+        let mut chunks = files.chunks(batch.max(1));
+        std::thread::scope(|scope| -> Result<()> {
+            let mut next = chunks.next().map(|c| (c, self.prepare_batch(c)));
+            while let Some((chunk, prepared)) = next.take() {
+                let Prepared {
+                    mut rows,
+                    mut fresh,
+                    pixels,
+                    skipped,
+                    reused,
+                    failed,
+                } = prepared?;
+                let ahead = chunks
+                    .next()
+                    .map(|c| (c, scope.spawn(move || self.prepare_batch(c))));
+                report.skipped += skipped;
+                report.reused += reused;
+                report.failed.extend(failed);
+                if !fresh.is_empty() {
+                    let out = self.embedder.embed_preprocessed_labelled(
+                        &pixels,
+                        fresh.len(),
+                        IMAGE_TEXT_LABELS,
+                    )?;
+                    for (row, (v, labels)) in fresh.iter_mut().zip(out) {
+                        row.embedding = v;
+                        row.labels = image_text(&labels);
                     }
-                };
-                let hash = blake3::hash(&bytes).to_hex().to_string();
-                // A fused space also needs the labels, which rows stored before them lack.
-                if matches!(store.hash_of_path(&model, &path)?, Some((_, h)) if h == hash)
-                    && (self.fusion.is_none() || store.has_labels(&model, &path)?)
-                {
-                    report.skipped += 1;
-                    continue;
+                    report.embedded += fresh.len();
+                    rows.extend(fresh);
                 }
-                let mut row = NewImage {
-                    path,
-                    hash,
-                    split: file.split.clone(),
-                    category: file.category.clone(),
-                    width: 0,
-                    height: 0,
-                    embedding: Vec::new(),
-                    labels: None,
-                };
-                match store.embedding_by_hash(&model, &row.hash)? {
-                    Some((v, labels)) if self.fusion.is_none() || labels.is_some() => {
-                        (row.embedding, row.labels) = (v, labels);
-                        report.reused += 1;
-                        rows.push(row);
-                    }
-                    _ => to_decode.push((row, bytes)),
-                }
+                self.add_rows(&rows)?;
+                done += chunk.len();
+                progress(done);
+                self.checkpoint_if_due()?;
+                next = ahead.map(|(c, h)| {
+                    let prepared = h
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("decoding a batch panicked")));
+                    (c, prepared)
+                });
             }
-            drop(store);
-            // Decode and preprocess in parallel on all cores.
-            let decoded: Vec<(NewImage, Result<Vec<f32>, String>)> = to_decode
-                .into_par_iter()
-                .map(|(mut row, bytes)| match decode(&bytes) {
-                    Ok(img) => {
-                        (row.width, row.height) = img.dimensions();
-                        (row, Ok(crate::preprocess::preprocess(&img, &spec)))
-                    }
-                    Err(e) => (row, Err(e.to_string())),
-                })
-                .collect();
-            let mut pixels = Vec::new();
-            let mut fresh = Vec::new();
-            for (row, data) in decoded {
-                match data {
-                    Ok(d) => {
-                        pixels.extend(d);
-                        fresh.push(row);
-                    }
-                    Err(why) => report.failed.push((row.path, why)),
-                }
-            }
-            if !fresh.is_empty() {
-                let out = self.embedder.embed_preprocessed_labelled(
-                    &pixels,
-                    fresh.len(),
-                    IMAGE_TEXT_LABELS,
-                )?;
-                for (row, (v, labels)) in fresh.iter_mut().zip(out) {
-                    row.embedding = v;
-                    row.labels = image_text(&labels);
-                }
-                report.embedded += fresh.len();
-                rows.extend(fresh);
-            }
-            self.add_rows(&rows)?;
-            done += chunk.len();
-            progress(done);
-            self.checkpoint_if_due()?;
-        }
+            Ok(())
+        })?;
         self.checkpoint()?;
         self.verify_index()?;
         Ok(report)
+    }
+
+    /// The first stage of [`Self::index_files`] for one batch: reads and hashes the files,
+    /// skips what is indexed already, reuses embeddings of known content, and decodes and
+    /// preprocesses the rest into one tensor's data.
+    fn prepare_batch(&self, chunk: &[LabeledFile]) -> Result<Prepared> {
+        let model = self.embedder.model_id().to_string();
+        let spec = self.embedder.preprocess_spec();
+        let mut out = Prepared::default();
+        // Read and hash in parallel; the store (one SQLite connection) is asked serially.
+        let read: Vec<(String, std::io::Result<Vec<u8>>)> = chunk
+            .par_iter()
+            .map(|f| {
+                (
+                    f.path.to_string_lossy().into_owned(),
+                    std::fs::read(&f.path),
+                )
+            })
+            .collect();
+        let mut to_decode = Vec::new();
+        let store = self.store();
+        for (file, (path, bytes)) in chunk.iter().zip(read) {
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    out.failed.push((path, e.to_string()));
+                    continue;
+                }
+            };
+            let hash = blake3::hash(&bytes).to_hex().to_string();
+            // A fused space also needs the labels, which rows stored before them lack.
+            if matches!(store.hash_of_path(&model, &path)?, Some((_, h)) if h == hash)
+                && (self.fusion.is_none() || store.has_labels(&model, &path)?)
+            {
+                out.skipped += 1;
+                continue;
+            }
+            let mut row = NewImage {
+                path,
+                hash,
+                split: file.split.clone(),
+                category: file.category.clone(),
+                width: 0,
+                height: 0,
+                embedding: Vec::new(),
+                labels: None,
+            };
+            match store.embedding_by_hash(&model, &row.hash)? {
+                Some((v, labels)) if self.fusion.is_none() || labels.is_some() => {
+                    (row.embedding, row.labels) = (v, labels);
+                    out.reused += 1;
+                    out.rows.push(row);
+                }
+                _ => to_decode.push((row, bytes)),
+            }
+        }
+        drop(store);
+        // Decode and preprocess in parallel on all cores.
+        let decoded: Vec<(NewImage, Result<Vec<f32>, String>)> = to_decode
+            .into_par_iter()
+            .map(
+                |(mut row, bytes)| match decode_for(&bytes, MAX_PIXELS, spec.resize_shorter) {
+                    Ok(d) => {
+                        (row.width, row.height) = (d.width, d.height);
+                        (row, Ok(crate::preprocess::preprocess(&d.image, &spec)))
+                    }
+                    Err(e) => (row, Err(e.to_string())),
+                },
+            )
+            .collect();
+        for (row, data) in decoded {
+            match data {
+                Ok(d) => {
+                    out.pixels.extend(d);
+                    out.fresh.push(row);
+                }
+                Err(why) => out.failed.push((row.path, why)),
+            }
+        }
+        Ok(out)
     }
 
     /// Records rows in the store (one transaction) and mirrors them into the index. The
@@ -840,8 +890,9 @@ impl Workspace {
 
     /// Embeds image bytes (any supported format) into this workspace's space.
     pub fn embed_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
-        let img = decode(bytes)?;
-        let data = crate::preprocess::preprocess(&img, &self.embedder.preprocess_spec());
+        let spec = self.embedder.preprocess_spec();
+        let img = decode_for(bytes, MAX_PIXELS, spec.resize_shorter)?.image;
+        let data = crate::preprocess::preprocess(&img, &spec);
         let labels = if self.fusion.is_some() {
             IMAGE_TEXT_LABELS
         } else {

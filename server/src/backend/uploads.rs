@@ -9,7 +9,7 @@ use app::analyse::FileOutcome;
 use app::errors::ApiError;
 use app::types::*;
 use kadr_engine::batcher::Announced;
-use kadr_engine::decode::decode_limited;
+use kadr_engine::decode::{decode_for, decode_limited};
 use kadr_engine::embed::imagenet_class;
 use kadr_engine::index::Filter;
 use std::path::PathBuf;
@@ -142,17 +142,25 @@ impl EngineBackend {
         let t = Instant::now();
         // Decoding is CPU work: a few at a time, whatever the number of uploads in progress,
         // so the full-size images in memory stay bounded too. Only the VLM needs the image
-        // after preprocessing.
+        // after preprocessing, at full size (its processor picks its own resolution); without
+        // it a large JPEG is decoded reduced, as the index decodes it.
         let (pixels, (width, height), img) = {
             let _turn = self.inner.decode_gate.enter();
-            let img = decode_limited(bytes, self.inner.max_pixels).map_err(|e| {
+            let refused = |e: kadr_engine::decode::DecodeError| {
                 metrics::counter!("kadr_refused_files_total", "kind" => e.kind()).increment(1);
                 ApiError::file(e.status(), name, e.to_string())
-            })?;
-            let pixels =
-                kadr_engine::preprocess::preprocess(&img, &ws.embedder().preprocess_spec());
-            let dims = img.dimensions();
-            (pixels, dims, self.inner.vlm.is_some().then_some(img))
+            };
+            let spec = ws.embedder().preprocess_spec();
+            if self.inner.vlm.is_some() {
+                let img = decode_limited(bytes, self.inner.max_pixels).map_err(refused)?;
+                let pixels = kadr_engine::preprocess::preprocess(&img, &spec);
+                (pixels, img.dimensions(), Some(img))
+            } else {
+                let d = decode_for(bytes, self.inner.max_pixels, spec.resize_shorter)
+                    .map_err(refused)?;
+                let pixels = kadr_engine::preprocess::preprocess(&d.image, &spec);
+                (pixels, (d.width, d.height), None)
+            }
         };
         let decode_ms = ms(t);
         let t = Instant::now();
