@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
 """The reference pipeline in Python, timed like server/benches/pipeline.rs.
 
-PIL decode (EXIF orientation, alpha composited onto white, RGB), torchvision-geometry resize of
-the shorter side to 256 (bicubic), centre crop 224, (x - 127) / 128; timm tf_efficientnet_lite0
+bench/pil_preprocess.py's PIL decode + preprocess (JPEGs reduced with `Image.draft` unless
+--no-draft), timm tf_efficientnet_lite0
 (fp32, eval, channels_last, inference_mode) pooled pre-logits, L2-normalised; faiss IndexFlatIP.
 
 Prints one JSON line per dataset folder:
 {"impl": "python", "set": ..., "images": N, "decode_ips": ..., "embed_ips": ..., "pipeline_ips": ...}
 
-Usage: python_pipeline.py --weights model.safetensors [--batch 32] [--embed-n 512] [--limit N] DIR...
+Usage: python_pipeline.py --weights model.safetensors [--batch 32] [--embed-n 512] [--limit N]
+       [--no-draft] DIR...
 """
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -24,62 +24,16 @@ import numpy as np
 import safetensors.torch
 import timm
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
-RESIZE, CROP = 256, 224
+from pil_preprocess import decode_preprocess as _decode_preprocess
+from pil_preprocess import read, scan
 
-
-def scan(root):
-    """Image files under root, sorted by path (kadr's scan order)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if os.path.splitext(name)[1].lower() in EXTENSIONS:
-                out.append(os.path.join(dirpath, name))
-    return sorted(out)
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def decode(data):
-    """Bytes → upright RGB PIL image, alpha composited onto white."""
-    img = Image.open(io.BytesIO(data))
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    return img.convert("RGB")
-
-
-def preprocess(img):
-    """RGB PIL image → CHW float32 (3, 224, 224): shorter side to 256, centre crop 224.
-
-    The longer side is rounded, as in the reference that made shared/golden/effnet_lite0_check
-    (chelsea.png, 451×300 → 385×256; both golden inputs are reproduced exactly)."""
-    w, h = img.size
-    if w <= h:
-        rw, rh = RESIZE, int(round(RESIZE * h / w))
-    else:
-        rw, rh = int(round(RESIZE * w / h)), RESIZE
-    if (rw, rh) != (w, h):
-        img = img.resize((rw, rh), Image.BICUBIC)
-    c = min(CROP, rw, rh)
-    top = int(round((rh - c) / 2.0))
-    left = int(round((rw - c) / 2.0))
-    img = img.crop((left, top, left + c, top + c))
-    x = np.asarray(img, dtype=np.float32)
-    x = (x - 127.0) / 128.0
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+DRAFT = True
 
 
 def decode_preprocess(data):
-    return preprocess(decode(data))
+    return _decode_preprocess(data, DRAFT)
 
 
 def load_model(weights):
@@ -161,7 +115,10 @@ def main():
     ap.add_argument("--batch", type=int, default=int(os.environ.get("MAX_BATCH_SIZE") or 32))
     ap.add_argument("--embed-n", type=int, default=int(os.environ.get("BENCH_EMBED_N") or 512))
     ap.add_argument("--limit", type=int, default=int(os.environ.get("BENCH_LIMIT") or 0))
+    ap.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size")
     args = ap.parse_args()
+    global DRAFT
+    DRAFT = not args.no_draft
 
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)
@@ -169,7 +126,8 @@ def main():
     model = load_model(args.weights)
     print(
         f"python pipeline bench: torch {torch.__version__}, timm {timm.__version__}, "
-        f"faiss {faiss.__version__}, PIL {Image.__version__}, {cores} threads, batch {args.batch}",
+        f"faiss {faiss.__version__}, PIL {Image.__version__}, {cores} threads, batch {args.batch}, "
+        f"JPEG draft {'on' if DRAFT else 'off'}",
         file=sys.stderr,
     )
     with ThreadPoolExecutor(max_workers=cores) as pool:

@@ -1,5 +1,5 @@
 //! Throughput benchmark of kadr's indexing pipeline, one JSON line per dataset folder:
-//! decode + preprocess, embed, and the whole pipeline (read, hash, decode, preprocess, embed,
+//! decode + preprocess (as the engine decodes: large JPEGs reduced in the DCT domain), embed, and the whole pipeline (read, hash, decode, preprocess, embed,
 //! SQLite, FAISS), in images per second. `bench/run.sh` runs it beside the same pipeline in
 //! Python (PIL + timm + faiss) and prints the ratios.
 //!
@@ -114,9 +114,15 @@ fn bench_folder(
     let t = Instant::now();
     let checksum: f64 = bytes
         .par_iter()
-        .map(|b| match kadr_engine::decode::decode(b) {
-            Ok(img) => f64::from(preprocess(&img, &spec)[0]),
-            Err(_) => 0.0,
+        .map(|b| {
+            match kadr_engine::decode::decode_for(
+                b,
+                kadr_engine::decode::MAX_PIXELS,
+                spec.resize_shorter,
+            ) {
+                Ok(d) => f64::from(preprocess(&d.image, &spec)[0]),
+                Err(_) => 0.0,
+            }
         })
         .sum();
     let decode_secs = t.elapsed().as_secs_f64();
@@ -128,8 +134,8 @@ fn bench_folder(
     let data: Vec<f32> = bytes[..m]
         .par_iter()
         .map(|b| {
-            kadr_engine::decode::decode(b)
-                .map(|img| preprocess(&img, &spec))
+            kadr_engine::decode::decode_for(b, kadr_engine::decode::MAX_PIXELS, spec.resize_shorter)
+                .map(|d| preprocess(&d.image, &spec))
                 .map_err(anyhow::Error::from)
         })
         .collect::<Result<Vec<_>>>()?
