@@ -107,8 +107,11 @@ async fn image(
                 .map_err(|e| ApiError::not_found(format!("image file unreadable: {e}")))?;
             // Under MAX_PIXELS like uploads: an indexed file may be larger than this server
             // agrees to decode (indexed under another limit, or replaced on disk).
-            let img = kadr_engine::decode::decode_limited(&bytes, backend.max_pixels())
-                .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+            // A large JPEG is decoded reduced, its shorter side still at least the
+            // thumbnail's longer one.
+            let img = kadr_engine::decode::decode_reduced(&bytes, backend.max_pixels(), THUMB_SIDE)
+                .map_err(|e| ApiError::new(e.status(), e.to_string()))?
+                .image;
             let scale = (THUMB_SIDE as f64 / img.width().max(img.height()).max(1) as f64).min(1.0);
             let side = |v: u32| ((v as f64 * scale).round() as u32).max(1);
             let small = image::imageops::thumbnail(&img, side(img.width()), side(img.height()));
