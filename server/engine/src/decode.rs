@@ -4,9 +4,10 @@
 //! says the image fits the pixel limit (decompression bombs are refused unread).
 //!
 //! [`decode_for`] decodes for a model that first shrinks the shorter side to a known size: a
-//! JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain by
-//! libjpeg-turbo (what PIL's `Image.draft` does), so a 12-megapixel photo never becomes 36 MB of
-//! pixels that the resize throws away. Anything libjpeg-turbo declines (CMYK, lossless, a
+//! JPEG at least four times that size is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain by
+//! libjpeg-turbo, keeping its shorter side at [`DCT_MARGIN`] × that size or more (PIL's
+//! `Image.draft` reduces as far as the size itself, which [`decode_reduced`] can do too), so a
+//! 12-megapixel photo never becomes 36 MB of pixels that the resize throws away. Anything libjpeg-turbo declines (CMYK, lossless, a
 //! warning about corrupt data) takes the full-size path, so every image the full-size path
 //! decodes is decoded, and damage libjpeg-turbo notices is judged by the same decoder as before.
 
@@ -94,8 +95,8 @@ pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeE
 /// How much larger than the model's resize a DCT-reduced JPEG stays: reducing to just the
 /// resize (a box filter all the way) moved EfficientNet-Lite0 embeddings of 12 MP photos to a
 /// mean cosine of 0.992 (min 0.944) from the full-size path's; keeping twice the resize and
-/// letting the antialiased bicubic do the last octave keeps 0.9987 (min 0.989) for 14 % less
-/// speed (`bench/decode.sh`).
+/// letting the antialiased bicubic do the last octave keeps 0.9987 (min 0.989) for about 20 %
+/// less decode speed (35.7 against 44.6 images/s, `bench/decode.sh`).
 pub const DCT_MARGIN: u32 = 2;
 
 /// Decodes `bytes` like [`decode_limited`] for a model whose preprocessing first resizes the
