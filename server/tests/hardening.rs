@@ -7,6 +7,7 @@ mod common;
 
 use common::server::{multipart, raw_request, Reply, Server};
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb, Rgba};
+use kadr_testkit::{exif_orientation_6, with_app1};
 use serde_json::Value;
 use std::io::Cursor;
 use std::path::Path;
@@ -72,25 +73,6 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
     ));
     out.extend(png_chunk(b"IEND", &[]));
     out
-}
-
-/// A JPEG with an APP1 segment inserted after SOI.
-fn with_app1(jpeg: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut out = jpeg[..2].to_vec();
-    out.extend_from_slice(&[0xFF, 0xE1]);
-    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(&jpeg[2..]);
-    out
-}
-
-/// EXIF saying "rotate 90° clockwise" (orientation 6).
-fn exif_orientation_6() -> Vec<u8> {
-    let mut e = b"Exif\0\0MM\0*\0\0\0\x08".to_vec();
-    e.extend_from_slice(&[0, 1]); // one entry
-    e.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0]);
-    e.extend_from_slice(&[0, 0, 0, 0]);
-    e
 }
 
 fn animated_gif() -> Vec<u8> {

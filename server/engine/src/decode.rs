@@ -361,18 +361,6 @@ mod tests {
         buf.into_inner()
     }
 
-    /// `jpeg` with an EXIF block saying "rotate 90° clockwise" (orientation 6) after SOI.
-    fn rotated_90(jpeg: &[u8]) -> Vec<u8> {
-        let mut exif = b"Exif\0\0MM\0*\0\0\0\x08".to_vec();
-        exif.extend_from_slice(&[0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0]);
-        let mut out = jpeg[..2].to_vec();
-        out.extend_from_slice(&[0xFF, 0xE1]);
-        out.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
-        out.extend_from_slice(&exif);
-        out.extend_from_slice(&jpeg[2..]);
-        out
-    }
-
     fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
         assert_eq!(a.dimensions(), b.dimensions());
         let sum: u64 = a
@@ -422,7 +410,10 @@ mod tests {
 
     #[test]
     fn reduced_decode_applies_exif_orientation() {
-        let bytes = rotated_90(&pattern_jpeg(1600, 1040));
+        let bytes = kadr_testkit::with_app1(
+            &pattern_jpeg(1600, 1040),
+            &kadr_testkit::exif_orientation_6(),
+        );
         let d = decode_reduced(&bytes, MAX_PIXELS, 256).unwrap();
         assert_eq!((d.width, d.height), (1040, 1600));
         assert_eq!(d.image.dimensions(), (260, 400));

@@ -117,4 +117,23 @@ pub fn unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     v
 }
 
+/// `jpeg` with an APP1 segment (`payload`, e.g. an EXIF block) inserted after SOI.
+pub fn with_app1(jpeg: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// An EXIF block saying "rotate 90° clockwise" (orientation 6), for [`with_app1`].
+pub fn exif_orientation_6() -> Vec<u8> {
+    let mut e = b"Exif\0\0MM\0*\0\0\0\x08".to_vec();
+    e.extend_from_slice(&[0, 1]); // one entry
+    e.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0]);
+    e.extend_from_slice(&[0, 0, 0, 0]);
+    e
+}
+
 pub mod milvus;
