@@ -18,6 +18,8 @@ use leptos::prelude::*;
 use leptos::server_fn::codec::GetUrl;
 
 /// Dashboard figures; votes are counted under the given tuning (URL names, all optional).
+// The tuning's ten URL names are the endpoint's query parameters.
+#[allow(clippy::too_many_arguments)]
 #[server(prefix = "/api/v1", endpoint = "stats", input = GetUrl)]
 pub async fn get_stats(
     t: Option<f32>,
@@ -27,28 +29,26 @@ pub async fn get_stats(
     mode: Option<String>,
     rename: Option<String>,
     ignore: Option<String>,
+    qe: Option<usize>,
+    qa: Option<f32>,
+    by: Option<String>,
 ) -> Result<Stats, ApiError> {
     use crate::backend::blocking;
     let defaults = crate::backend::backend()?.defaults().tuning;
-    if let Some(m) = &mode {
-        m.parse::<crate::vote::VoteMode>()
-            .map_err(|e| ApiError::invalid("mode", e))?;
+    let (tuning, cfg) = crate::tuning::TuningArgs {
+        t,
+        rel,
+        conf,
+        k,
+        mode,
+        rename,
+        ignore,
+        qe,
+        qa,
+        by,
     }
-    let tuning = Tuning::from_query(
-        |key| match key {
-            "t" => t.map(|v| v.to_string()),
-            "rel" => rel.map(|v| u8::from(v).to_string()),
-            "conf" => conf.map(|v| v.to_string()),
-            "k" => k.map(|v| v.to_string()),
-            "mode" => mode.clone(),
-            "rename" => rename.clone(),
-            "ignore" => ignore.clone(),
-            _ => None,
-        },
-        &defaults,
-    );
-    let cfg = tuning.validate()?;
-    blocking(move |b| b.stats(&cfg)).await
+    .tuning(&defaults)?;
+    blocking(move |b| b.stats(&tuning, &cfg)).await
 }
 
 /// Exact and near duplicates among the served folders' images, and which of them leak across
@@ -104,14 +104,9 @@ fn Dashboard(defaults: UiDefaults) -> impl IntoView {
     let stats = Resource::new(
         move || tuning.get(),
         |t| {
+            let a = crate::tuning::TuningArgs::of(t);
             get_stats(
-                Some(t.threshold),
-                Some(t.relative),
-                Some(t.min_confidence),
-                Some(t.k),
-                Some(t.mode.as_str().to_string()),
-                Some(t.rename),
-                Some(t.ignore),
+                a.t, a.rel, a.conf, a.k, a.mode, a.rename, a.ignore, a.qe, a.qa, a.by,
             )
         },
     );
@@ -305,8 +300,14 @@ fn EvalSection(eval: EvalView) -> impl IntoView {
         <h2 class="mb-2 mt-8 text-lg font-semibold">"Evaluation"</h2>
         <p class="mb-1 text-sm text-slate-600" data-testid="eval-headline">
             {format!(
-                "{} · {} images · {} · {}: MAP@10 {:.4}, vote accuracy {:.4}",
-                eval.folder, eval.images, eval.mode, eval.model, eval.map_at_10, eval.vote_accuracy
+                "{} · {} images · {} · {}: MAP@10 {:.4}, vote accuracy {:.4}{}",
+                eval.folder,
+                eval.images,
+                eval.mode,
+                eval.model,
+                eval.map_at_10,
+                eval.vote_accuracy,
+                eval.head_accuracy.map(|h| format!(", head accuracy {h:.4}")).unwrap_or_default(),
             )}
         </p>
         <p class="mb-4 text-xs text-slate-500" data-testid="eval-tuning">

@@ -16,7 +16,7 @@ pub mod dataset;
 pub mod errors;
 pub mod tuning;
 /// The data and vote shared with the engine (crate `kadr-types`).
-pub use kadr_types::{dupes, types, vote};
+pub use kadr_types::{dupes, expand, types, vote};
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -53,6 +53,7 @@ pub mod backend {
     use crate::types::*;
     use crate::vote::VoteConfig;
     use kadr_types::dupes::DupesReport;
+    use kadr_types::expand::Expansion;
     pub use kadr_types::filter::Filter;
 
     /// A place in the embedding queue (see [`Backend::admit`]), freed when dropped.
@@ -81,15 +82,24 @@ pub mod backend {
         >;
         /// The analysis of content `hash`: an upload analysed before, or an indexed image;
         /// its hits are the indexed images `filter` lets through.
-        fn analysis(&self, hash: &str, filter: &Filter) -> Result<Analysis, ApiError>;
+        /// The query is expanded by `qe` before it is searched.
+        fn analysis(
+            &self,
+            hash: &str,
+            filter: &Filter,
+            qe: &Expansion,
+        ) -> Result<Analysis, ApiError>;
         /// The analysis of content `hash` if one is stored (a search, no embedding).
         fn cached_analysis(
             &self,
             hash: &str,
             filter: &Filter,
+            qe: &Expansion,
         ) -> Result<Option<Analysis>, ApiError>;
-        /// Dashboard figures under a vote configuration.
-        fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError>;
+        /// Dashboard figures under a tuning (`cfg`: its vote, validated).
+        fn stats(&self, tuning: &Tuning, cfg: &VoteConfig) -> Result<Stats, ApiError>;
+        /// What the "best" category source is under `cfg`: the head or the vote.
+        fn choice(&self, cfg: &VoteConfig) -> Result<CategoryChoice, ApiError>;
         /// Exact and near (at `threshold`) duplicates among the served folders' images, the
         /// first `limit` pairs.
         fn dupes(&self, threshold: f32, limit: usize) -> Result<DupesReport, ApiError>;

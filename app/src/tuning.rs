@@ -1,14 +1,79 @@
 //! Tuning: the settings that turn neighbours into matches and a category, kept in the page URL
 //! so a view can be shared. The panel is a plain GET form (works with JavaScript off: "Apply"
 //! reloads the page); once hydrated every change rewrites the URL at once and the results on
-//! screen re-rank in the browser, without searching again.
+//! screen re-rank in the browser, without searching again, except for query expansion, which
+//! changes the query and so searches again (one request per result shown).
 
-use crate::types::{Tuning, MAX_K};
+use crate::types::{Decider, Tuning, MAX_K};
 use leptos::prelude::*;
 use leptos_router::{
     hooks::{use_location, use_navigate, use_query_map},
     NavigateOptions,
 };
+
+/// A tuning as the optional arguments of a server function (the URL names; absent: the
+/// server's default). Values that do not parse are the caller's 4xx, naming the field.
+#[derive(Default)]
+pub struct TuningArgs {
+    pub t: Option<f32>,
+    pub rel: Option<bool>,
+    pub conf: Option<f32>,
+    pub k: Option<usize>,
+    pub mode: Option<String>,
+    pub rename: Option<String>,
+    pub ignore: Option<String>,
+    pub qe: Option<usize>,
+    pub qa: Option<f32>,
+    pub by: Option<String>,
+}
+
+impl TuningArgs {
+    /// Every field of `t`.
+    pub fn of(t: Tuning) -> Self {
+        Self {
+            t: Some(t.threshold),
+            rel: Some(t.relative),
+            conf: Some(t.min_confidence),
+            k: Some(t.k),
+            mode: Some(t.mode.as_str().to_string()),
+            rename: Some(t.rename),
+            ignore: Some(t.ignore),
+            qe: Some(t.qe),
+            qa: Some(t.qe_alpha),
+            by: Some(t.by.as_str().to_string()),
+        }
+    }
+
+    /// The tuning, validated: fields absent are `defaults`'.
+    pub fn tuning(
+        self,
+        defaults: &Tuning,
+    ) -> Result<(Tuning, crate::vote::VoteConfig), crate::errors::ApiError> {
+        let raw = |key: &str| -> Option<String> {
+            match key {
+                "t" => self.t.map(|v| v.to_string()),
+                "rel" => self.rel.map(|v| u8::from(v).to_string()),
+                "conf" => self.conf.map(|v| v.to_string()),
+                "k" => self.k.map(|v| v.to_string()),
+                "mode" => self.mode.clone(),
+                "rename" => self.rename.clone(),
+                "ignore" => self.ignore.clone(),
+                "qe" => self.qe.map(|v| v.to_string()),
+                "qa" => self.qa.map(|v| v.to_string()),
+                "by" => self.by.clone(),
+                _ => None,
+            }
+        };
+        for key in Tuning::KEYS {
+            if let Some(v) = raw(key) {
+                Tuning::check_raw(key, &v)?;
+            }
+        }
+        let tuning = Tuning::from_query(raw, defaults);
+        let cfg = tuning.validate()?;
+        Ok((tuning, cfg))
+    }
+}
 
 /// The tuning in the current URL, falling back to `defaults` field by field.
 pub fn use_tuning(defaults: Tuning) -> Memo<Tuning> {
@@ -211,6 +276,80 @@ pub fn TuningPanel(tuning: Memo<Tuning>) -> impl IntoView {
                         </option>
                     </select>
                 </div>
+            </div>
+            <div class="grid grid-cols-2 gap-2">
+                <div>
+                    <label class=label_class for="qe">"Query expansion"</label>
+                    <input
+                        id="qe"
+                        name="qe"
+                        type="number"
+                        min="0"
+                        max=MAX_K
+                        title="Neighbours averaged into the query before it is searched again (0: off)"
+                        class=input_class
+                        data-testid="qe"
+                        prop:value=move || tuning.get().qe.to_string()
+                        on:change={
+                            let update = update.clone();
+                            move |ev| {
+                                if let Ok(v) = value(&ev).trim().parse::<usize>() {
+                                    update(&|t| t.qe = v)
+                                }
+                            }
+                        }
+                    />
+                </div>
+                <div>
+                    <label class=label_class for="qa">"QE weight α"</label>
+                    <input
+                        id="qa"
+                        name="qa"
+                        type="number"
+                        min="0"
+                        max="100"
+                        step="0.5"
+                        title="Each neighbour weighs its similarity to this power"
+                        class=input_class
+                        data-testid="qe-alpha"
+                        prop:value=move || tuning.get().qe_alpha.to_string()
+                        on:change={
+                            let update = update.clone();
+                            move |ev| {
+                                if let Some(v) = num(&ev) {
+                                    update(&|t| t.qe_alpha = v)
+                                }
+                            }
+                        }
+                    />
+                </div>
+            </div>
+            <div>
+                <label class=label_class for="by">"Category from"</label>
+                <select
+                    id="by"
+                    name="by"
+                    class=input_class
+                    data-testid="by"
+                    on:change={
+                        let update = update.clone();
+                        move |ev| {
+                            if let Ok(b) = value(&ev).parse() {
+                                update(&|t| t.by = b)
+                            }
+                        }
+                    }
+                >
+                    <option value="best" selected=move || tuning.get().by == Decider::Best>
+                        "the better on valid/"
+                    </option>
+                    <option value="vote" selected=move || tuning.get().by == Decider::Vote>
+                        "the neighbours' vote"
+                    </option>
+                    <option value="head" selected=move || tuning.get().by == Decider::Head>
+                        "the trained head"
+                    </option>
+                </select>
             </div>
             <div>
                 <label class=label_class for="rename">"Rename / merge categories"</label>

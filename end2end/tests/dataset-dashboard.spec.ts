@@ -70,6 +70,11 @@ test('evaluate from the dataset page, then see the dashboard charts', async ({ p
   const atOne = await headline.textContent();
   await page.reload();
   await expect(headline).toHaveText(atOne ?? '');
+  // The head asked for: one is trained and scored in cross-validation beside the vote.
+  await page.getByTestId('by').selectOption('head');
+  await expect(page).toHaveURL(/by=head/);
+  await expect(page.getByTestId('eval-tuning')).toContainText('head scored');
+  expect(Number(/head accuracy ([0-9.]+)/.exec((await headline.textContent()) ?? '')?.[1])).toBeGreaterThan(0.5);
   expect(errors).toEqual([]);
 });
 

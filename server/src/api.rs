@@ -6,7 +6,7 @@
 
 use crate::backend::EngineBackend;
 use app::errors::ApiError;
-use app::types::{Analysis, Tuning};
+use app::types::{Analysis, Decider, Tuning};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -151,6 +151,43 @@ async fn image(
         .into_response())
 }
 
+/// What an export asks for: the analyses (searched with the tuning's query expansion) and
+/// how their categories are decided.
+struct Export {
+    analyses: Vec<Analysis>,
+    tuning: Tuning,
+    cfg: app::vote::VoteConfig,
+    /// The tuning's category source, "best" resolved.
+    by: Decider,
+    /// Why `by`, when it was "best".
+    reason: Option<String>,
+}
+
+/// Reads `hashes` and the tuning parameters of an export request, and looks the analyses up
+/// among the hits `filter` lets through.
+fn export(
+    backend: &EngineBackend,
+    q: &HashMap<String, String>,
+    filter: &Filter,
+) -> Result<Export, ApiError> {
+    let (hashes, tuning, cfg) = export_request(backend, q)?;
+    let analyses = backend.analyses(&hashes, filter, &tuning.expansion())?;
+    let (by, reason) = match tuning.by {
+        Decider::Best => {
+            let c = backend.category_choice(&cfg)?;
+            (c.by, Some(c.reason))
+        }
+        by => (by, None),
+    };
+    Ok(Export {
+        analyses,
+        tuning,
+        cfg,
+        by,
+        reason,
+    })
+}
+
 /// Reads `hashes` and the tuning parameters of an export request.
 fn export_request(
     backend: &EngineBackend,
@@ -175,26 +212,11 @@ fn export_request(
         ));
     }
     for (key, value) in q {
-        if !matches!(
-            key.as_str(),
-            "hashes" | "t" | "rel" | "conf" | "k" | "mode" | "rename" | "ignore"
-        ) {
+        if key != "hashes" && !Tuning::KEYS.contains(&key.as_str()) {
             return Err(ApiError::invalid(key.clone(), "unknown parameter"));
         }
         // Values that do not parse must not silently fall back to defaults here.
-        let numeric = match key.as_str() {
-            "t" | "conf" => value.trim().parse::<f32>().is_err(),
-            "k" => value.trim().parse::<usize>().is_err(),
-            "rel" => !matches!(value.as_str(), "0" | "1" | "true" | "false"),
-            "mode" => value.parse::<app::vote::VoteMode>().is_err(),
-            _ => false,
-        };
-        if numeric {
-            return Err(ApiError::invalid(
-                key.clone(),
-                format!("bad value {value:?}"),
-            ));
-        }
+        Tuning::check_raw(key, value)?;
     }
     let defaults = app::backend::Backend::defaults(backend).tuning;
     let tuning = Tuning::from_query(|k| q.get(k).cloned(), &defaults);
@@ -224,20 +246,22 @@ async fn export_csv(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
     let body = blocking(move || {
-        let (hashes, tuning, cfg) = export_request(&backend, &q)?;
-        let analyses = backend.analyses(&hashes, &Filter::all())?;
-        export_rows(&analyses, &tuning, &cfg).map_err(|e| ApiError::internal(e.to_string()))
+        let e = export(&backend, &q, &Filter::all())?;
+        export_rows(&e.analyses, &e.tuning, &e.cfg, e.by)
+            .map_err(|e| ApiError::internal(e.to_string()))
     })
     .await?;
     Ok(csv_response("kadr-results.csv", body))
 }
 
-/// The results CSV: file, hash, permalink, size, vote, then each match (path, category,
-/// score) up to k, then the text analysis.
+/// The results CSV: file, hash, permalink, size, the category (by `by`: the vote or the
+/// head) and its confidence, the voters, then each match (path, category, score) up to k,
+/// then the text analysis, then where the category came from and the head's guess.
 pub fn export_rows(
     analyses: &[Analysis],
     tuning: &Tuning,
     cfg: &app::vote::VoteConfig,
+    by: Decider,
 ) -> anyhow::Result<Vec<u8>> {
     let mut w = kadr_engine::csv_safe::Writer::from_writer(Vec::new());
     let mut header: Vec<String> = [
@@ -260,18 +284,29 @@ pub fn export_rows(
             format!("match_{i}_score"),
         ]);
     }
-    header.extend(["text_source", "caption", "labels"].map(String::from));
+    header.extend(
+        [
+            "text_source",
+            "caption",
+            "labels",
+            "category_by",
+            "head_category",
+            "head_probability",
+        ]
+        .map(String::from),
+    );
     w.write_record(&header)?;
     for a in analyses {
         let r = a.rank(cfg);
+        let decision = a.decide(&r, cfg, by);
         let mut row = vec![
             a.name.clone(),
             a.hash.clone(),
             format!("/a/{}?{}", a.hash, tuning.to_query()),
             a.width.to_string(),
             a.height.to_string(),
-            r.vote.category.clone().unwrap_or_default(),
-            format!("{:.4}", r.vote.confidence),
+            decision.category.clone().unwrap_or_default(),
+            format!("{:.4}", decision.confidence),
             r.vote.voters.to_string(),
             r.matches.len().to_string(),
         ];
@@ -300,6 +335,11 @@ pub fn export_rows(
                 .collect::<Vec<_>>()
                 .join("; "),
         );
+        row.push(decision.by.as_str().to_string());
+        match &a.head {
+            Some(h) => row.extend([h.category.clone(), format!("{:.4}", h.probability)]),
+            None => row.extend([String::new(), String::new()]),
+        }
         w.write_record(&row)?;
     }
     Ok(w.into_inner()?)
@@ -312,19 +352,19 @@ async fn submission_csv(
     State(backend): State<EngineBackend>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
-    let body = blocking(move || {
-        let (hashes, _, cfg) = export_request(&backend, &q)?;
+    let (body, by, reason) = blocking(move || {
         // Votes and neighbours come from the labelled references only (train and valid), as
         // in `kadr submit`: never from other test images.
-        let analyses = backend.analyses(&hashes, &Filter::references())?;
-        let predictions: Vec<Prediction> = analyses
+        let e = export(&backend, &q, &Filter::references())?;
+        let predictions: Vec<Prediction> = e
+            .analyses
             .iter()
             .map(|a| {
-                let vote = a.rank(&cfg).vote;
+                let decision = a.decide(&a.rank(&e.cfg), &e.cfg, e.by);
                 Prediction {
                     image: a.name.clone(),
-                    category: vote.category,
-                    confidence: vote.confidence,
+                    category: decision.category,
+                    confidence: decision.confidence,
                     neighbours: a
                         .hits
                         .iter()
@@ -336,10 +376,21 @@ async fn submission_csv(
             .collect();
         let mut out = Vec::new();
         write_csv(&predictions, &mut out).map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(out)
+        Ok((out, e.by, e.reason))
     })
     .await?;
-    Ok(csv_response("submission.csv", body))
+    // Which predictor gave the categories (and, for "best", why): the CSV's columns are the
+    // competition's, so this goes in headers.
+    let mut res = csv_response("submission.csv", body);
+    let headers = res.headers_mut();
+    headers.insert(
+        "x-kadr-category-by",
+        axum::http::HeaderValue::from_static(by.as_str()),
+    );
+    if let Some(r) = reason.and_then(|r| axum::http::HeaderValue::from_str(&r).ok()) {
+        headers.insert("x-kadr-category-reason", r);
+    }
+    Ok(res)
 }
 
 /// `GET /status`: version, model, device, index size, uptime.
@@ -384,6 +435,8 @@ mod tests {
             timings: StageTimings::default(),
             created_at: 0,
             indexed_category: None,
+            head: None,
+            expansion: Default::default(),
         };
         let tuning = Tuning {
             k: 3,
@@ -391,11 +444,13 @@ mod tests {
             ..Tuning::default()
         };
         let cfg = tuning.validate().unwrap();
-        let text = String::from_utf8(export_rows(std::slice::from_ref(&a), &tuning, &cfg).unwrap())
-            .unwrap();
+        let text = String::from_utf8(
+            export_rows(std::slice::from_ref(&a), &tuning, &cfg, Decider::Vote).unwrap(),
+        )
+        .unwrap();
         let mut r = csv::Reader::from_reader(text.as_bytes());
         let header = r.headers().unwrap().clone();
-        assert_eq!(header.len(), 9 + 3 * 3 + 3);
+        assert_eq!(header.len(), 9 + 3 * 3 + 3 + 3);
         let row = r.records().next().unwrap().unwrap();
         assert_eq!(&row[0], "q, \"quoted\".png");
         assert_eq!(&row[5], "dog");
@@ -407,15 +462,49 @@ mod tests {
             threshold: 0.8,
             ..tuning.clone()
         };
-        let text =
-            String::from_utf8(export_rows(&[a], &strict, &strict.validate().unwrap()).unwrap())
-                .unwrap();
+        let text = String::from_utf8(
+            export_rows(
+                std::slice::from_ref(&a),
+                &strict,
+                &strict.validate().unwrap(),
+                Decider::Vote,
+            )
+            .unwrap(),
+        )
+        .unwrap();
         let row = csv::Reader::from_reader(text.as_bytes())
             .records()
             .next()
             .unwrap()
             .unwrap();
         assert_eq!((&row[5], &row[8], &row[12]), ("cat", "1", ""));
+        assert_eq!((&row[21], &row[22], &row[23]), ("vote", "", ""));
+        // With a head asked for, the category and confidence are the head's.
+        let with_head = Analysis {
+            head: Some(app::types::HeadGuess {
+                category: "fox".into(),
+                probability: 0.625,
+                top: vec![],
+            }),
+            ..a
+        };
+        let text = String::from_utf8(
+            export_rows(
+                &[with_head],
+                &strict,
+                &strict.validate().unwrap(),
+                Decider::Head,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let row = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!((&row[5], &row[6]), ("fox", "0.6250"));
+        assert_eq!((&row[21], &row[22], &row[23]), ("head", "fox", "0.6250"));
     }
 
     #[test]
@@ -440,6 +529,8 @@ mod tests {
             timings: StageTimings::default(),
             created_at: 0,
             indexed_category: None,
+            head: None,
+            expansion: Default::default(),
         };
         let tuning = Tuning {
             k: 1,
@@ -447,7 +538,8 @@ mod tests {
             ..Tuning::default()
         };
         let cfg = tuning.validate().unwrap();
-        let text = String::from_utf8(export_rows(&[a], &tuning, &cfg).unwrap()).unwrap();
+        let text =
+            String::from_utf8(export_rows(&[a], &tuning, &cfg, Decider::Vote).unwrap()).unwrap();
         let row = csv::Reader::from_reader(text.as_bytes())
             .records()
             .next()

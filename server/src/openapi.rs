@@ -64,6 +64,37 @@ fn tuning_params() -> Vec<Value> {
     ]
 }
 
+/// Query expansion's parameters (the page URL's names).
+fn expansion_params() -> Vec<Value> {
+    vec![
+        query(
+            "qe",
+            "query expansion: neighbours averaged into the query before it is searched again (0: off)",
+            json!({"type": "integer", "minimum": 0, "maximum": app::expand::MAX_N}),
+            false,
+        ),
+        query(
+            "qa",
+            "query expansion: each neighbour weighs its similarity to this power",
+            json!({"type": "number", "minimum": 0, "maximum": app::expand::MAX_ALPHA, "default": app::expand::DEFAULT_ALPHA}),
+            false,
+        ),
+    ]
+}
+
+/// Every parameter of a page's tuning: the vote's, query expansion's, and the category source.
+fn all_tuning_params() -> Vec<Value> {
+    let mut p = tuning_params();
+    p.extend(expansion_params());
+    p.push(query(
+        "by",
+        "what gives the category: the trained head, the vote, or (best, the default) the more accurate of the two on the served folders' valid/ images",
+        json!({"type": "string", "enum": ["best", "vote", "head"]}),
+        false,
+    ));
+    p
+}
+
 fn ok(description: &str, content_type: &str, schema: Value) -> Value {
     json!({ "description": description, "content": { content_type: { "schema": schema } } })
 }
@@ -79,6 +110,7 @@ pub fn document() -> Value {
     let defaults = schema::<UiDefaults>(&mut g);
     let summary = schema::<IndexSummary>(&mut g);
     let stats = schema::<Stats>(&mut g);
+    let choice = schema::<CategoryChoice>(&mut g);
     let dupes = schema::<app::dupes::DupesReport>(&mut g);
     let job = schema::<JobStatus>(&mut g);
     let jobs = schema::<Vec<JobStatus>>(&mut g);
@@ -114,7 +146,23 @@ pub fn document() -> Value {
         true,
     );
     let mut export_params = vec![hashes_param];
-    export_params.extend(tuning_params());
+    export_params.extend(all_tuning_params());
+    let mut analysis_params = vec![
+        hash_param,
+        query(
+            "split",
+            "only hits from these splits, comma-separated (train,valid)",
+            json!({"type": "string"}),
+            false,
+        ),
+        query(
+            "category",
+            "only hits of these categories, comma-separated",
+            json!({"type": "string"}),
+            false,
+        ),
+    ];
+    analysis_params.extend(expansion_params());
     let csv = json!({"type": "string"});
 
     json!({
@@ -135,8 +183,8 @@ pub fn document() -> Value {
                 "responses": with(json!({ "200": ok("one outcome per file, in order", "application/json", outcomes) }), errors(&[400, 413, 415, 422, 500, 503, 507]))
             }},
             "/api/v1/analysis": { "get": {
-                "summary": "One analysis by content hash (an upload or an indexed image)",
-                "parameters": [hash_param],
+                "summary": "One analysis by content hash (an upload or an indexed image), with the trained head's guess when there is a head",
+                "parameters": analysis_params,
                 "responses": with(json!({ "200": ok("the analysis, with the top hits", "application/json", analysis) }), errors(&[404, 422, 500]))
             }},
             "/api/v1/settings": { "get": {
@@ -148,9 +196,14 @@ pub fn document() -> Value {
                 "responses": with(json!({ "200": ok("summary", "application/json", summary) }), errors(&[500]))
             }},
             "/api/v1/stats": { "get": {
-                "summary": "Dashboard statistics, votes counted under the given tuning",
-                "parameters": tuning_params(),
+                "summary": "Dashboard statistics, categories counted under the given tuning",
+                "parameters": all_tuning_params(),
                 "responses": with(json!({ "200": ok("statistics", "application/json", stats) }), errors(&[422, 500]))
+            }},
+            "/api/v1/choice": { "get": {
+                "summary": "What by=best resolves to under the given vote: the trained head or the vote, by their accuracy on the served folders' valid/ images against train/",
+                "parameters": tuning_params(),
+                "responses": with(json!({ "200": ok("the choice", "application/json", choice) }), errors(&[422, 500]))
             }},
             "/api/v1/dupes": { "get": {
                 "summary": "Exact and near duplicates among the served folders' images, and which leak across splits or categories",
@@ -186,6 +239,7 @@ pub fn document() -> Value {
             }},
             "/api/v1/submission.csv": { "get": {
                 "summary": "Competition-style submission CSV for analyses: image, category, confidence, neighbour_1..10, score_1..10",
+                "description": "Neighbours from train/ and valid/ only. The categories come from `by`; the X-Kadr-Category-By header says which (vote or head) and, for best, X-Kadr-Category-Reason why.",
                 "parameters": export_params,
                 "responses": with(json!({ "200": ok("CSV", "text/csv", csv) }), errors(&[404, 422, 500]))
             }},

@@ -182,7 +182,7 @@ fn index_search_eval_submit() {
     );
     let out = kadr(&home, &w, &["search", "--qe", "1000", q.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--qe must be at most 100"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--qe: must be 0 to 100, got 1000"));
 
     let csv_path = tmp.path().join("sub.csv");
     ok(&kadr(
@@ -250,6 +250,21 @@ fn index_search_eval_submit() {
     let out = kadr(&home, &w, &["train", "--data", d, "--steps", "0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--steps must be within"));
+    // Database-side augmentation is an eval option, checked like query expansion.
+    let out = ok(&kadr(&home, &w, &["eval", "--data", d, "--dba", "2"]));
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (v["dba"].as_u64(), v["dba_alpha"].as_f64()),
+        (Some(2), Some(3.0))
+    );
+    assert!(out.contains("database augmentation: 2 neighbours"), "{out}");
+    let out = kadr(
+        &home,
+        &w,
+        &["eval", "--data", d, "--dba", "2", "--dba-alpha=-1"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dba-alpha: must be a number"));
 }
 
 #[test]

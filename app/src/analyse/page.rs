@@ -28,6 +28,7 @@ pub fn AnalysePage() -> impl IntoView {
 #[component]
 fn Analyser(defaults: UiDefaults) -> impl IntoView {
     let tuning = use_tuning(defaults.tuning.clone());
+    let choice = use_choice(tuning);
     let queue = Queue {
         items: RwSignal::new(Vec::new()),
         cancel: RwSignal::new(false),
@@ -94,13 +95,13 @@ fn Analyser(defaults: UiDefaults) -> impl IntoView {
                             "Cancel"
                         </button>
                     </Show>
-                    <ExportLinks hashes=Signal::derive(done_hashes) tuning />
+                    <ExportLinks hashes=Signal::derive(done_hashes) tuning choice />
                 </div>
                 <div class="space-y-4" data-testid="results">
                     <For
                         each=move || queue.items.get()
                         key=|item| item.key
-                        children=move |item| view! { <QueueCard item tuning /> }
+                        children=move |item| view! { <QueueCard item tuning choice /> }
                     />
                 </div>
             </section>
@@ -207,14 +208,14 @@ fn DropZone(
 
 /// A queued file: its thumbnail and status until the analysis arrives, then the result.
 #[component]
-fn QueueCard(item: UploadItem, tuning: Memo<Tuning>) -> impl IntoView {
+fn QueueCard(item: UploadItem, tuning: Memo<Tuning>, choice: Choice) -> impl IntoView {
     let status = item.status;
     let name = item.name.clone();
     let preview = item.preview.clone();
     move || match status.get() {
         ItemStatus::Done(analysis) => match preview.clone() {
-            Some(p) => view! { <ResultCard analysis tuning preview=p /> }.into_any(),
-            None => view! { <ResultCard analysis tuning /> }.into_any(),
+            Some(p) => view! { <ResultCard analysis tuning choice preview=p /> }.into_any(),
+            None => view! { <ResultCard analysis tuning choice /> }.into_any(),
         },
         other => {
             let failed = matches!(other, ItemStatus::Failed(_));
@@ -244,10 +245,48 @@ fn QueueCard(item: UploadItem, tuning: Memo<Tuning>) -> impl IntoView {
     }
 }
 
+/// What the "best" category source resolves to under the page's tuning (the server compares
+/// the head with the vote on `valid/`); `None` until it is known, or when the tuning names the
+/// source itself.
+pub type Choice = Resource<Option<Result<CategoryChoice, ApiError>>>;
+
+/// The [`Choice`] for `tuning`, asked again when its vote changes.
+pub fn use_choice(tuning: Memo<Tuning>) -> Choice {
+    Resource::new(
+        move || {
+            let t = tuning.get();
+            // Only the vote's fields matter to the choice.
+            (t.by == Decider::Best).then_some(Tuning { qe: 0, ..t })
+        },
+        |t| async move {
+            match t {
+                Some(t) => Some(choice_for(t).await),
+                None => None,
+            }
+        },
+    )
+}
+
+/// The category source for `tuning`: the vote or the head ("best" as `choice` resolved it;
+/// the vote until it is known).
+fn resolved(tuning: &Tuning, choice: Choice) -> (Decider, Option<String>) {
+    match tuning.by {
+        Decider::Best => match choice.get().flatten() {
+            Some(Ok(c)) => (c.by, Some(c.reason)),
+            _ => (Decider::Vote, None),
+        },
+        by => (by, None),
+    }
+}
+
 /// Links to the CSV export and the submission of `hashes` under the current tuning. Plain
 /// links: the server writes the files, so they match what the API gives.
 #[component]
-pub fn ExportLinks(hashes: Signal<Vec<String>>, tuning: Memo<Tuning>) -> impl IntoView {
+pub fn ExportLinks(
+    hashes: Signal<Vec<String>>,
+    tuning: Memo<Tuning>,
+    choice: Choice,
+) -> impl IntoView {
     let href = move |what: &str| {
         format!(
             "/api/v1/{what}?hashes={}&{}",
@@ -269,30 +308,69 @@ pub fn ExportLinks(hashes: Signal<Vec<String>>, tuning: Memo<Tuning>) -> impl In
             >
                 "Download Submission"
             </a>
+            <span class="text-xs text-slate-500" data-testid="category-source">
+                {move || match resolved(&tuning.get(), choice) {
+                    (_, Some(reason)) => format!("Categories {reason}."),
+                    (by, None) => format!("Categories by the {}.", by.as_str()),
+                }}
+            </span>
         </Show>
     }
 }
 
-/// One analysis under the current tuning: visual match, category match, AI text.
+/// One analysis under the current tuning: visual match, category match (the vote, and the
+/// head's guess when a head is trained), AI text. When the tuning's query expansion is not
+/// the one the hits were searched with, the analysis is fetched again with it.
 #[component]
 pub fn ResultCard(
     analysis: Arc<Analysis>,
     tuning: Memo<Tuning>,
+    choice: Choice,
     #[prop(optional)] preview: Option<String>,
 ) -> impl IntoView {
     let src = preview.unwrap_or_else(|| format!("/img/{}?size=thumb", analysis.hash));
     let a = analysis.clone();
     let permalink = move || format!("/a/{}?{}", a.hash, tuning.get().to_query());
-    let a = analysis.clone();
+    let searched = analysis.expansion;
+    let hash = analysis.hash.clone();
+    let again = Resource::new(
+        move || {
+            let want = tuning.get().expansion();
+            let same = want == searched || (want.is_off() && searched.is_off());
+            (!same && want.validate().is_ok()).then_some(want)
+        },
+        move |want| {
+            let hash = hash.clone();
+            async move {
+                match want {
+                    Some(e) => Some(get_analysis(hash, None, None, Some(e.n), Some(e.alpha)).await),
+                    None => None,
+                }
+            }
+        },
+    );
+    let base = analysis.clone();
+    let current = move || -> Result<Arc<Analysis>, ApiError> {
+        match again.get().flatten() {
+            Some(Ok(a)) => Ok(Arc::new(a)),
+            Some(Err(e)) => Err(e),
+            None => Ok(base.clone()),
+        }
+    };
     let ranked = move || {
-        tuning
-            .get()
-            .validate()
-            .map(|cfg| {
-                let r = a.rank(&cfg);
-                (r.matches.into_iter().cloned().collect::<Vec<_>>(), r.vote)
-            })
-            .map_err(ApiError::from)
+        let t = tuning.get();
+        let cfg = t.validate().map_err(ApiError::from)?;
+        let a = current()?;
+        let (by, _) = resolved(&t, choice);
+        let r = a.rank(&cfg);
+        let decision = a.decide(&r, &cfg, by);
+        Ok::<_, ApiError>((
+            r.matches.into_iter().cloned().collect::<Vec<_>>(),
+            r.vote,
+            decision,
+            a.head.clone(),
+            a.expansion,
+        ))
     };
     let text = analysis.text.clone();
     let timings = analysis.timings.clone();
@@ -319,29 +397,51 @@ pub fn ResultCard(
             </header>
             {move || match ranked() {
                 Err(e) => view! { <ErrorBox error=e /> }.into_any(),
-                Ok((matches, vote)) => {
+                Ok((matches, vote, decision, head, expansion)) => {
+                    let by_head = decision.by == Decider::Head;
                     view! {
                         <div class="grid gap-4 md:grid-cols-[1fr_14rem]">
-                            <section>
+                            <section data-testid="visual-match" data-qe=expansion.n>
                                 <h4 class="mb-2 text-xs font-semibold uppercase tracking-wide text-slate-500">
                                     "Visual match "
                                     <span data-testid="match-count">{matches.len()}</span>
+                                    {(!expansion.is_off())
+                                        .then(|| {
+                                            format!(
+                                                " · query expanded with {} neighbours (α {})",
+                                                expansion.n,
+                                                expansion.alpha,
+                                            )
+                                        })}
                                 </h4>
                                 <MatchGrid matches tuning />
                             </section>
-                            <section data-testid="category-match">
+                            <section data-testid="category-match" data-by=decision.by.as_str()>
                                 <h4 class="mb-2 text-xs font-semibold uppercase tracking-wide text-slate-500">
                                     "Category match"
                                 </h4>
                                 <p class="text-lg font-semibold" data-testid="category">
-                                    {vote.category.clone().unwrap_or_else(|| "uncertain".into())}
+                                    {decision.category.clone().unwrap_or_else(|| "uncertain".into())}
                                 </p>
                                 <p class="text-sm text-slate-600">
-                                    "confidence "
-                                    <span data-testid="confidence">{format!("{:.2}", vote.confidence)}</span>
-                                    {format!(" · {} voters", vote.voters)}
+                                    {if by_head { "head probability " } else { "confidence " }}
+                                    <span data-testid="confidence">{format!("{:.2}", decision.confidence)}</span>
+                                    {(!by_head).then(|| format!(" · {} voters", vote.voters))}
                                 </p>
+                                {by_head
+                                    .then(|| {
+                                        view! {
+                                            <p class="text-xs text-slate-500" data-testid="vote-category">
+                                                {format!(
+                                                    "The vote: {} ({:.2})",
+                                                    vote.category.clone().unwrap_or_else(|| "uncertain".into()),
+                                                    vote.confidence,
+                                                )}
+                                            </p>
+                                        }
+                                    })}
                                 <VoteSplit split=vote.split.clone() />
+                                {head.map(|h| view! { <HeadSection head=h /> })}
                             </section>
                         </div>
                     }
@@ -350,6 +450,30 @@ pub fn ResultCard(
             }}
             <TextSection text />
         </article>
+    }
+}
+
+/// The trained head's most probable categories with their calibrated probabilities.
+#[component]
+fn HeadSection(head: HeadGuess) -> impl IntoView {
+    view! {
+        <div class="mt-3 border-t border-slate-100 pt-2 text-xs" data-testid="head-guess" data-category=head.category.clone()>
+            <p class="font-semibold uppercase tracking-wide text-slate-500">"Trained head"</p>
+            <ul class="mt-1 space-y-0.5">
+                {head
+                    .top
+                    .into_iter()
+                    .map(|l| {
+                        view! {
+                            <li class="flex justify-between gap-2">
+                                <span class="truncate">{l.label}</span>
+                                <span class="tabular-nums">{format!("{:.0}%", l.score * 100.0)}</span>
+                            </li>
+                        }
+                    })
+                    .collect_view()}
+            </ul>
+        </div>
     }
 }
 
@@ -482,7 +606,13 @@ pub fn ResultPage() -> impl IntoView {
     let params = use_params_map();
     let hash = move || params.with(|p| p.get("hash").unwrap_or_default());
     let defaults = Resource::new(|| (), |_| get_defaults());
-    let analysis = Resource::new(hash, |h| get_analysis(h, None, None));
+    // The hits are searched with the query expansion of the URL the page was opened with, so
+    // it is right without JavaScript too; later changes are the card's to fetch.
+    let e = leptos_router::hooks::use_query_map()
+        .with_untracked(|q| Tuning::from_query(|k| q.get(k), &Tuning::default()).expansion());
+    let analysis = Resource::new(hash, move |h| {
+        get_analysis(h, None, None, Some(e.n), Some(e.alpha))
+    });
     view! {
         <Suspense fallback=|| view! { <p>"Loading…"</p> }>
             {move || Suspend::new(async move {
@@ -512,6 +642,7 @@ pub fn page_title(name: &str) -> String {
 #[component]
 fn ResultView(defaults: UiDefaults, analysis: Arc<Analysis>) -> impl IntoView {
     let tuning = use_tuning(defaults.tuning);
+    let choice = use_choice(tuning);
     let hashes = Signal::derive({
         let h = analysis.hash.clone();
         move || vec![h.clone()]
@@ -527,9 +658,9 @@ fn ResultView(defaults: UiDefaults, analysis: Arc<Analysis>) -> impl IntoView {
                         .indexed_category
                         .clone()
                         .map(|c| view! { <span class="text-slate-500">{format!("Indexed image, filed under {c}")}</span> })}
-                    <ExportLinks hashes tuning />
+                    <ExportLinks hashes tuning choice />
                 </div>
-                <ResultCard analysis tuning />
+                <ResultCard analysis tuning choice />
             </section>
             <aside>
                 <TuningPanel tuning />

@@ -181,12 +181,15 @@ fn all_refused(outcomes: Vec<FileOutcome>) -> ApiError {
 
 /// The analysis of the image with content `hash` (an upload or an indexed image). `split` and
 /// `category` (comma-separated) keep only hits from those splits and categories, e.g.
-/// `split=train,valid` for the labelled references alone.
+/// `split=train,valid` for the labelled references alone. `qe` (neighbours, 0 for none) and
+/// `qa` (α) expand the query before it is searched, as the tuning's query expansion does.
 #[server(prefix = "/api/v1", endpoint = "analysis", input = GetUrl)]
 pub async fn get_analysis(
     hash: String,
     #[server(default)] split: Option<String>,
     #[server(default)] category: Option<String>,
+    #[server(default)] qe: Option<usize>,
+    #[server(default)] qa: Option<f32>,
 ) -> Result<Analysis, ApiError> {
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::invalid(
@@ -194,6 +197,13 @@ pub async fn get_analysis(
             "must be 64 hexadecimal characters",
         ));
     }
+    let expansion = crate::expand::Expansion {
+        n: qe.unwrap_or(0),
+        alpha: qa.unwrap_or(crate::expand::DEFAULT_ALPHA),
+    };
+    expansion
+        .validate()
+        .map_err(|(field, why)| ApiError::invalid(if field == "qe" { "qe" } else { "qa" }, why))?;
     let hash = hash.to_ascii_lowercase();
     let filter = kadr_types::filter::Filter::parse(
         split.as_deref().unwrap_or(""),
@@ -201,7 +211,9 @@ pub async fn get_analysis(
     );
     // A stored analysis is a search: it never queues behind the uploads being embedded.
     let (probe, f) = (hash.clone(), filter.clone());
-    if let Some(a) = crate::backend::blocking(move |b| b.cached_analysis(&probe, &f)).await? {
+    if let Some(a) =
+        crate::backend::blocking(move |b| b.cached_analysis(&probe, &f, &expansion)).await?
+    {
         return Ok(a);
     }
     // An indexed image seen for the first time is embedded: that waits its turn like uploads.
@@ -211,9 +223,43 @@ pub async fn get_analysis(
         .inspect_err(|e| e.set_response_status())?;
     crate::backend::blocking(move |b| {
         let _slot = slot;
-        b.analysis(&hash, &filter)
+        b.analysis(&hash, &filter, &expansion)
     })
     .await
+}
+
+/// Which of the trained head and the neighbours' vote gives the categories when the tuning
+/// says `by=best`, under the vote of the given tuning (the same URL names as the pages): the
+/// one more accurate on the served folders' `valid/` images, and the figures.
+#[server(prefix = "/api/v1", endpoint = "choice", input = GetUrl)]
+pub async fn get_choice(
+    t: Option<f32>,
+    rel: Option<bool>,
+    conf: Option<f32>,
+    k: Option<usize>,
+    mode: Option<String>,
+    rename: Option<String>,
+    ignore: Option<String>,
+) -> Result<CategoryChoice, ApiError> {
+    let defaults = crate::backend::backend()?.defaults().tuning;
+    let (_, cfg) = crate::tuning::TuningArgs {
+        t,
+        rel,
+        conf,
+        k,
+        mode,
+        rename,
+        ignore,
+        ..Default::default()
+    }
+    .tuning(&defaults)?;
+    crate::backend::blocking(move |b| b.choice(&cfg)).await
+}
+
+/// [`get_choice`] for a tuning: its vote's fields as the server function's arguments.
+pub async fn choice_for(t: Tuning) -> Result<CategoryChoice, ApiError> {
+    let a = crate::tuning::TuningArgs::of(t);
+    get_choice(a.t, a.rel, a.conf, a.k, a.mode, a.rename, a.ignore).await
 }
 
 /// The server's defaults for tuning and uploads.

@@ -94,14 +94,99 @@ pub fn evaluate(
     cfg: &VoteConfig,
     qe: &Expansion,
 ) -> Result<Report> {
+    evaluate_with(items, queries, cfg, qe, &Expansion::off())
+}
+
+/// Database-side augmentation of `items`: each vector replaced by itself plus its `dba.n`
+/// nearest other items weighted by similarity^α, L2-normalised ([`Expansion::expand`] applied
+/// to the indexed images instead of the query). `nn` holds each item's nearest items, itself
+/// among them.
+struct Augmented<'a> {
+    items: &'a [Item],
+    dba: Expansion,
+    nn: Vec<Vec<crate::index::Hit>>,
+    /// The augmented vectors, row after row.
+    data: Vec<f32>,
+    /// For each item, the items whose augmentation it is part of.
+    used_by: Vec<Vec<usize>>,
+}
+
+impl<'a> Augmented<'a> {
+    fn new(items: &'a [Item], index: &FaissIndex, data: &[f32], dba: Expansion) -> Result<Self> {
+        // One more than needed: leave-one-out drops the query from its neighbours' lists.
+        let nn = index.search(data, dba.n + 2, &Filter::all())?;
+        let mut used_by = vec![Vec::new(); items.len()];
+        let mut me = Self {
+            items,
+            dba,
+            nn,
+            data: Vec::with_capacity(data.len()),
+            used_by: Vec::new(),
+        };
+        for j in 0..items.len() {
+            for i in me.others(j, None).take(dba.n) {
+                used_by[i].push(j);
+            }
+            let v = me.vector(j, None);
+            me.data.extend(v);
+        }
+        me.used_by = used_by;
+        Ok(me)
+    }
+
+    /// Item `j`'s nearest other items, `without` left out.
+    fn others(&self, j: usize, without: Option<usize>) -> impl Iterator<Item = usize> + '_ {
+        self.nn[j]
+            .iter()
+            .map(|h| h.id as usize)
+            .filter(move |&i| i != j && Some(i) != without)
+    }
+
+    /// Item `j`'s augmented vector, computed with item `without` left out of it.
+    fn vector(&self, j: usize, without: Option<usize>) -> Vec<f32> {
+        let score: std::collections::HashMap<usize, f32> = self.nn[j]
+            .iter()
+            .map(|h| (h.id as usize, h.score))
+            .collect();
+        self.dba.expand(
+            &self.items[j].embedding,
+            self.others(j, without)
+                .map(|i| (self.items[i].embedding.as_slice(), score[&i])),
+        )
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// [`evaluate`] with the indexed images augmented by `dba` first (database-side
+/// augmentation; off: as they are). Leave-one-out keeps the query out of the database: the
+/// items whose augmentation used it are augmented again without it before they are scored.
+pub fn evaluate_with(
+    items: &[Item],
+    queries: Option<&[Item]>,
+    cfg: &VoteConfig,
+    qe: &Expansion,
+    dba: &Expansion,
+) -> Result<Report> {
     const MAP_K: usize = 10;
     anyhow::ensure!(!items.is_empty(), "nothing to evaluate: no labelled images");
     let dim = items[0].embedding.len();
-    let data: Vec<f32> = items
+    let raw: Vec<f32> = items
         .iter()
         .flat_map(|i| i.embedding.iter().copied())
         .collect();
-    let index = FaissIndex::exact(dim, &data)?;
+    let raw_index = FaissIndex::exact(dim, &raw)?;
+    let augmented = if dba.is_off() {
+        None
+    } else {
+        Some(Augmented::new(items, &raw_index, &raw, *dba)?)
+    };
+    let (index, data) = match &augmented {
+        None => (raw_index, raw),
+        Some(a) => (FaissIndex::exact(dim, &a.data)?, a.data.clone()),
+    };
     let leave_one_out = queries.is_none();
     let qs = queries.unwrap_or(items);
     let qdata: Vec<f32> = qs
@@ -109,27 +194,62 @@ pub fn evaluate(
         .flat_map(|i| i.embedding.iter().copied())
         .collect();
     let depth = MAP_K.max(cfg.k) + usize::from(leave_one_out);
-    let mut hits = index.search(&qdata, depth, &Filter::all())?;
+    // The database as query `qi` sees it: in leave-one-out with augmentation, the items
+    // built with the query are built again without it and scored exactly.
+    let search = |vectors: &[f32]| -> Result<Vec<Vec<crate::index::Hit>>> {
+        let Some(a) = augmented.as_ref().filter(|_| leave_one_out) else {
+            return index.search(vectors, depth, &Filter::all());
+        };
+        vectors
+            .chunks(dim)
+            .enumerate()
+            .map(|(qi, q)| {
+                let touched = &a.used_by[qi];
+                let found = index.search(q, depth + touched.len(), &Filter::all())?;
+                let mut hits: Vec<crate::index::Hit> = found
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|h| !touched.contains(&(h.id as usize)))
+                    .collect();
+                hits.extend(touched.iter().map(|&j| crate::index::Hit {
+                    id: j as i64,
+                    score: dot(q, &a.vector(j, Some(qi))),
+                }));
+                hits.sort_by(|x, y| y.score.total_cmp(&x.score));
+                hits.truncate(depth);
+                Ok(hits)
+            })
+            .collect()
+    };
+    let mut hits = search(&qdata)?;
     if !qe.is_off() {
-        // Each query with its first neighbours, itself left out; the items stay as they are.
+        // Each query with its first neighbours, itself left out; the items stay as they are
+        // (in leave-one-out with augmentation, as the query sees them: built without it).
+        let row = |j: usize, qi: usize| -> std::borrow::Cow<'_, [f32]> {
+            match augmented.as_ref() {
+                Some(a) if leave_one_out && a.used_by[qi].contains(&j) => {
+                    a.vector(j, Some(qi)).into()
+                }
+                _ => data[j * dim..(j + 1) * dim].into(),
+            }
+        };
         let expanded: Vec<f32> = qdata
             .chunks(dim)
             .zip(&hits)
             .enumerate()
             .flat_map(|(qi, (q, hits))| {
-                let neighbours = hits
+                let rows: Vec<(std::borrow::Cow<'_, [f32]>, f32)> = hits
                     .iter()
                     .filter(|h| !(leave_one_out && h.id as usize == qi))
-                    .map(|h| {
-                        (
-                            &data[h.id as usize * dim..(h.id as usize + 1) * dim],
-                            h.score,
-                        )
-                    });
-                qe.expand(q, neighbours)
+                    .take(qe.n)
+                    .map(|h| (row(h.id as usize, qi), h.score))
+                    .collect();
+                qe.expand(q, rows.iter().map(|(v, s)| (v.as_ref(), *s)))
             })
             .collect();
-        hits = index.search(&expanded, depth, &Filter::all())?;
+        hits = search(&expanded)?;
     }
 
     let mut per_cat_count: BTreeMap<&str, usize> = BTreeMap::new();
@@ -380,6 +500,66 @@ mod tests {
         let q = vec![items[0].clone()];
         let r = evaluate(&items[1..], Some(&q), &cfg, &Expansion { n: 1, alpha: 0.0 }).unwrap();
         assert_eq!(r.results[0].ap, 1.0);
+    }
+
+    /// Database-side augmentation, left out for leave-one-out: each query sees the database
+    /// augmented as if it had never been indexed, which is the split evaluation of that query
+    /// against the other items, query for query; and augmentation changes the rankings.
+    #[test]
+    fn augmentation_leaves_the_query_out_of_the_database() {
+        let mut s = 7u64;
+        let mut noise = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let items: Vec<Item> = (0..30)
+            .map(|i| {
+                let mut v: Vec<f32> = (0..6).map(|_| noise()).collect();
+                v[i % 3] += 0.6;
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                Item {
+                    path: format!("i{i}"),
+                    category: format!("c{}", i % 3),
+                    embedding: v.iter().map(|x| x / n).collect(),
+                }
+            })
+            .collect();
+        let cfg = VoteConfig::default();
+        let dba = Expansion { n: 2, alpha: 1.0 };
+        for qe in [Expansion::off(), Expansion { n: 1, alpha: 3.0 }] {
+            let loo = evaluate_with(&items, None, &cfg, &qe, &dba).unwrap();
+            for (qi, got) in loo.results.iter().enumerate() {
+                let others: Vec<Item> = items
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != qi)
+                    .map(|(_, it)| it.clone())
+                    .collect();
+                let q = [items[qi].clone()];
+                let want = evaluate_with(&others, Some(&q), &cfg, &qe, &dba).unwrap();
+                let want = &want.results[0];
+                assert_eq!(got.path, want.path);
+                assert!((got.ap - want.ap).abs() < 1e-9, "{qi}: {got:?} vs {want:?}");
+                for ((p, s), (wp, ws)) in got.neighbours.iter().zip(&want.neighbours) {
+                    assert!(
+                        p == wp && (s - ws).abs() < 1e-5,
+                        "{qi}: {got:?} vs {want:?}"
+                    );
+                }
+            }
+        }
+        let plain = evaluate(&items, None, &cfg, &Expansion::off()).unwrap();
+        let augmented = evaluate_with(&items, None, &cfg, &Expansion::off(), &dba).unwrap();
+        assert!(
+            plain
+                .results
+                .iter()
+                .zip(&augmented.results)
+                .any(|(a, b)| a.neighbours != b.neighbours),
+            "augmentation changed no ranking"
+        );
     }
 
     #[test]

@@ -25,14 +25,20 @@ pub struct HeadConfig {
 
 impl Default for HeadConfig {
     fn default() -> Self {
+        // Fashion-MNIST (10,000 train / 2,000 valid, EfficientNet-Lite0): lr 0.01 stopped at
+        // step 18 with valid accuracy 0.875, 0.001 at step 94 with 0.886, 0.0003 at 325 with
+        // 0.888 (three times the steps for 0.002).
         Self {
-            steps: 300,
-            learning_rate: 0.01,
+            steps: 1000,
+            learning_rate: 0.001,
             weight_decay: 0.01,
             patience: 60,
         }
     }
 }
+
+/// [`Head::train_held_out`] holds out one image in this many of each category.
+const HOLD_OUT_EVERY: usize = 10;
 
 /// A labelled vector to train or score a head on.
 pub type Example<'a> = (&'a [f32], &'a str);
@@ -175,7 +181,10 @@ impl Head {
             opt.backward_step(&loss)?;
             steps = step;
             if let Some((vx, vy, _)) = &valid {
-                let l = nll(&logits(vx, &weight, &bias)?, vy, 1.0)?;
+                // The loss after temperature scaling: the logits' scale is calibrated later,
+                // so only how well they rank the categories decides. The raw loss rises as
+                // soon as the logits grow overconfident, long before accuracy stops rising.
+                let (l, _) = calibrate(&logits(vx, &weight, &bias)?, vy)?;
                 let better = best.as_ref().is_none_or(|(b, ..)| l < *b);
                 if better {
                     best = Some((
@@ -199,20 +208,8 @@ impl Head {
             }
             None => (weight.as_tensor().copy()?, bias.as_tensor().copy()?),
         };
-        // Temperature scaling on the validation set: the T (0.05–20, log-spaced) of least NLL.
         let temperature = match &valid {
-            Some((vx, vy, _)) => {
-                let l = logits(vx, &weight, &bias)?;
-                let mut best = (f32::INFINITY, 1.0f32);
-                for i in 0..=60 {
-                    let t = 10f32.powf(-1.3 + 2.6 * i as f32 / 60.0);
-                    let loss = nll(&l, vy, t)?;
-                    if loss < best.0 {
-                        best = (loss, t);
-                    }
-                }
-                best.1
-            }
+            Some((vx, vy, _)) => calibrate(&logits(vx, &weight, &bias)?, vy)?.1,
             None => 1.0,
         };
         let head = Head {
@@ -240,6 +237,34 @@ impl Head {
         Ok((head, report))
     }
 
+    /// Trains a head on `examples` alone: every tenth image of each category (dealt in
+    /// order, for categories of ten or more) is held out to stop early and calibrate on, the
+    /// rest is trained on. Where nothing can be held out, a fixed number of steps. For
+    /// evaluations, whose `valid/` images must stay unseen, and sets without a `valid/` split.
+    pub fn train_held_out(
+        space: &str,
+        examples: &[Example],
+        cfg: &HeadConfig,
+    ) -> Result<(Head, TrainReport)> {
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        examples
+            .iter()
+            .for_each(|(_, c)| *count.entry(c).or_default() += 1);
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let (mut train, mut hold) = (Vec::new(), Vec::new());
+        for e in examples {
+            let i = seen.entry(e.1).or_default();
+            *i += 1;
+            if count[e.1] >= HOLD_OUT_EVERY && i.is_multiple_of(HOLD_OUT_EVERY) {
+                hold.push(*e);
+            } else {
+                train.push(*e);
+            }
+        }
+        let hold = (!hold.is_empty()).then_some(hold.as_slice());
+        Head::train(space, &train, hold, cfg)
+    }
+
     fn logits_std(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(xs.matmul(&self.weight)?.broadcast_add(&self.bias)?)
     }
@@ -259,6 +284,16 @@ impl Head {
 
     /// The most probable category of each vector, with its calibrated probability.
     pub fn predict(&self, rows: &[&[f32]]) -> Result<Vec<HeadPrediction>> {
+        Ok(self
+            .predict_top(rows, 1)?
+            .into_iter()
+            .map(|mut best| best.remove(0))
+            .collect())
+    }
+
+    /// The `n` most probable categories of each vector (at least one), best first, with
+    /// their calibrated probabilities.
+    pub fn predict_top(&self, rows: &[&[f32]], n: usize) -> Result<Vec<Vec<HeadPrediction>>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -266,15 +301,16 @@ impl Head {
             .to_vec2::<f32>()?;
         Ok(p.iter()
             .map(|row| {
-                let (i, &pr) = row
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .expect("at least two categories");
-                HeadPrediction {
-                    category: self.categories[i].clone(),
-                    probability: pr,
-                }
+                let mut order: Vec<usize> = (0..row.len()).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                order
+                    .into_iter()
+                    .take(n.max(1))
+                    .map(|i| HeadPrediction {
+                        category: self.categories[i].clone(),
+                        probability: row[i],
+                    })
+                    .collect()
             })
             .collect())
     }
@@ -370,6 +406,20 @@ impl Head {
     }
 }
 
+/// Temperature scaling: the least mean NLL of `targets` under `logits / T` over T from 0.05
+/// to 20 (log-spaced), and that T.
+fn calibrate(logits: &Tensor, targets: &Tensor) -> Result<(f32, f32)> {
+    let mut best = (f32::INFINITY, 1.0f32);
+    for i in 0..=60 {
+        let t = 10f32.powf(-1.3 + 2.6 * i as f32 / 60.0);
+        let loss = nll(logits, targets, t)?;
+        if loss < best.0 {
+            best = (loss, t);
+        }
+    }
+    Ok(best)
+}
+
 /// Mean negative log-likelihood of `codes` under `logits / t`.
 fn nll(logits: &Tensor, targets: &Tensor, t: f32) -> Result<f32> {
     let lp = candle_nn::ops::log_softmax(&(logits / t as f64)?, D::Minus1)?;
@@ -384,7 +434,7 @@ fn accuracy_of(logits: &Tensor, codes: &[u32]) -> Result<f64> {
 }
 
 /// Accuracy of a head in `folds`-fold cross-validation over `examples` (each fold scored by
-/// a head trained on the others, a fixed number of steps): for a set without a validation
+/// a head trained on the others, [`Head::train_held_out`]): for a set without a validation
 /// split. Folds deal each category's examples in turn, so every fold has every category.
 pub fn cross_validate(examples: &[Example], folds: usize, cfg: &HeadConfig) -> Result<f64> {
     ensure!(folds >= 2, "cross-validation needs at least two folds");
@@ -414,7 +464,7 @@ pub fn cross_validate(examples: &[Example], folds: usize, cfg: &HeadConfig) -> R
         if test.is_empty() {
             continue;
         }
-        let (head, _) = Head::train("cv", &train, None, cfg)?;
+        let (head, _) = Head::train_held_out("cv", &train, cfg)?;
         right += head.accuracy(&test)? * test.len() as f64;
     }
     Ok(right / examples.len().max(1) as f64)
@@ -466,6 +516,15 @@ mod tests {
         assert!(r.steps <= cfg.steps && r.temperature > 0.0);
         let p = head.predict(&[valid[0].0.as_slice()]).unwrap();
         assert!(p[0].probability > 1.0 / 3.0 && p[0].probability <= 1.0);
+        // The ranked list starts with the prediction, is ordered and sums to 1 over all.
+        let top = head
+            .predict_top(&[valid[0].0.as_slice()], 5)
+            .unwrap()
+            .remove(0);
+        assert_eq!((top.len(), &top[0]), (3, &p[0]));
+        assert!(top.windows(2).all(|w| w[0].probability >= w[1].probability));
+        let total: f32 = top.iter().map(|t| t.probability).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{top:?}");
 
         let dir = tempfile::tempdir().unwrap();
         let path = Head::path(dir.path(), "space-a");

@@ -3,7 +3,7 @@
 //! its `test/` split.
 
 use crate::dataset::{scan, LabeledFile};
-use crate::eval::{evaluate, Item, Report};
+use crate::eval::{evaluate, evaluate_with, Item, Report};
 use crate::expand::Expansion;
 use crate::fusion::{check_weight, fuse};
 use crate::head::{cross_validate, Head, HeadConfig};
@@ -228,6 +228,8 @@ pub struct EvalOptions {
     pub vote: VoteConfig,
     /// Query expansion before the search.
     pub qe: Expansion,
+    /// Database-side augmentation of the indexed images before they are searched.
+    pub dba: Expansion,
     /// Also train a head (on `train/`, scored on `valid/`; or in cross-validation) and
     /// report its accuracy.
     pub head: Option<HeadConfig>,
@@ -273,9 +275,10 @@ fn evaluate_labelled(
     };
     if split_mode {
         let (train, valid) = (labelled_items(Some("train")), labelled_items(Some("valid")));
-        let mut report = evaluate(&train, Some(&valid), cfg, &opts.qe)?;
+        let mut report = evaluate_with(&train, Some(&valid), cfg, &opts.qe, &opts.dba)?;
         if let Some(h) = &opts.head {
-            let (head, _) = Head::train("eval", &examples(&train), None, h)?;
+            // valid/ stays unseen: the head stops early on a part of train/.
+            let (head, _) = Head::train_held_out("eval", &examples(&train), h)?;
             report.head_accuracy = Some(head.accuracy(&examples(&valid))?);
         }
         Ok(report)
@@ -290,7 +293,7 @@ fn evaluate_labelled(
                 categories.len()
             );
         }
-        let mut report = evaluate(&items, None, cfg, &opts.qe)?;
+        let mut report = evaluate_with(&items, None, cfg, &opts.qe, &opts.dba)?;
         if let Some(h) = &opts.head {
             report.head_accuracy = Some(cross_validate(&examples(&items), CV_FOLDS, h)?);
         }
@@ -312,7 +315,8 @@ pub struct TrainSummary {
 
 /// Indexes `dir` and trains a category head on its labelled vectors: `train/` (or every
 /// labelled image outside `test/` when there is no `train/`), stopping early and calibrating
-/// on `valid/` when there is one; saves it in `home` under the workspace's space.
+/// on `valid/` when there is one, else on a tenth of the training images held out
+/// ([`Head::train_held_out`]); saves it in `home` under the workspace's space.
 pub fn train_folder(
     ws: &Workspace,
     dir: &Path,
@@ -343,12 +347,12 @@ pub fn train_folder(
         bail!("no labelled images to train on under {}", dir.display());
     }
     let space = ws.space_id().to_string();
-    let (head, report) = Head::train(
-        &space,
-        &examples(&train),
-        (!valid.is_empty()).then(|| examples(&valid)).as_deref(),
-        cfg,
-    )?;
+    // Without valid/, a tenth of train/ is held out to stop early and calibrate on.
+    let (head, report) = if valid.is_empty() {
+        Head::train_held_out(&space, &examples(&train), cfg)?
+    } else {
+        Head::train(&space, &examples(&train), Some(&examples(&valid)), cfg)?
+    };
     let vote_accuracy = if valid.is_empty() {
         None
     } else {
@@ -362,6 +366,49 @@ pub fn train_folder(
         space,
         path,
     })
+}
+
+/// The head against the vote on the `valid/` images of `all` (searched against `train/`):
+/// the head is chosen when it is the more accurate (it was calibrated on `valid/`, so the
+/// comparison leans its way a little); the vote without a head or without both splits.
+fn choose(all: &[(String, Item)], cfg: &VoteConfig, head: Option<&Head>) -> Result<SubmitChoice> {
+    let mut choice = SubmitChoice {
+        by: "vote",
+        head_accuracy: None,
+        vote_accuracy: None,
+    };
+    let split = |want: &str| -> Vec<Item> {
+        all.iter()
+            .filter(|(s, it)| s == want && !it.category.is_empty())
+            .map(|(_, it)| it.clone())
+            .collect()
+    };
+    let (train, valid) = (split("train"), split("valid"));
+    if let (Some(head), false, false) = (head, train.is_empty(), valid.is_empty()) {
+        let h = head.accuracy(&examples(&valid))?;
+        let v = evaluate(&train, Some(&valid), cfg, &Expansion::off())?.vote_accuracy;
+        choice.head_accuracy = Some(h);
+        choice.vote_accuracy = Some(v);
+        if h > v {
+            choice.by = "head";
+        }
+    }
+    Ok(choice)
+}
+
+/// [`choose`] over what is stored of the folders `dirs` (nothing is indexed or embedded):
+/// what the web app's "best" category source resolves to.
+pub fn choose_stored(
+    ws: &Workspace,
+    dirs: &[std::path::PathBuf],
+    cfg: &VoteConfig,
+    head: Option<&Head>,
+) -> Result<SubmitChoice> {
+    let mut all = Vec::new();
+    for d in dirs {
+        all.extend(labelled(ws, d)?);
+    }
+    choose(&all, cfg, head)
 }
 
 /// Which predictor a submission's categories come from, and why.
@@ -405,30 +452,12 @@ pub fn submit_folder(
         bail!("no images under {}/test/ to predict", dir.display());
     }
     let mut preds = predict(&references, &queries, cfg)?;
-    let mut choice = SubmitChoice {
-        by: "vote",
-        head_accuracy: None,
-        vote_accuracy: None,
-    };
-    let split = |want: &str| -> Vec<Item> {
-        all.iter()
-            .filter(|(s, it)| s == want && !it.category.is_empty())
-            .map(|(_, it)| it.clone())
-            .collect()
-    };
-    let (train, valid) = (split("train"), split("valid"));
-    if let (Some(head), false, false) = (head, train.is_empty(), valid.is_empty()) {
-        let h = head.accuracy(&examples(&valid))?;
-        let v = evaluate(&train, Some(&valid), cfg, &Expansion::off())?.vote_accuracy;
-        choice.head_accuracy = Some(h);
-        choice.vote_accuracy = Some(v);
-        if h > v {
-            choice.by = "head";
-            let rows: Vec<&[f32]> = queries.iter().map(|(_, v)| v.as_slice()).collect();
-            for (p, h) in preds.iter_mut().zip(head.predict(&rows)?) {
-                p.category = Some(h.category);
-                p.confidence = h.probability;
-            }
+    let choice = choose(&all, cfg, head)?;
+    if let (Some(head), "head") = (head, choice.by) {
+        let rows: Vec<&[f32]> = queries.iter().map(|(_, v)| v.as_slice()).collect();
+        for (p, h) in preds.iter_mut().zip(head.predict(&rows)?) {
+            p.category = Some(h.category);
+            p.confidence = h.probability;
         }
     }
     Ok((preds, choice))

@@ -6,6 +6,7 @@ use super::{internal, lock, ms, now, EngineBackend};
 use app::errors::ApiError;
 use app::types::*;
 use kadr_engine::eval::Report;
+use kadr_engine::expand::Expansion;
 use kadr_engine::vote::VoteConfig;
 use kadr_engine::workspace::Workspace;
 use std::collections::HashMap;
@@ -40,8 +41,17 @@ impl EngineBackend {
         Ok(r)
     }
 
-    pub(super) fn dashboard_stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError> {
+    pub(super) fn dashboard_stats(
+        &self,
+        tuning: &Tuning,
+        cfg: &VoteConfig,
+    ) -> Result<Stats, ApiError> {
         self.check_categories(cfg)?;
+        let qe = tuning.expansion();
+        let by = match tuning.by {
+            Decider::Best => self.category_choice(cfg)?.by,
+            by => by,
+        };
         let records = lock(&self.inner.history)?
             .all(self.model())
             .map_err(internal)?;
@@ -56,13 +66,13 @@ impl EngineBackend {
             sums.embed_ms += r.timings.embed_ms;
             sums.text_ms += r.timings.text_ms;
             let t = Instant::now();
-            let analysis = self.to_analysis(r, None, &kadr_engine::index::Filter::all())?;
+            let analysis = self.to_analysis(r, None, &kadr_engine::index::Filter::all(), &qe)?;
             sums.search_ms += ms(t);
-            let vote = analysis.rank(cfg).vote;
+            let decision = analysis.decide(&analysis.rank(cfg), cfg, by);
             *categories
-                .entry(vote.category.unwrap_or_else(|| "(none)".into()))
+                .entry(decision.category.unwrap_or_else(|| "(none)".into()))
                 .or_default() += 1;
-            histogram[((vote.confidence * 10.0) as usize).min(9)] += 1;
+            histogram[((decision.confidence * 10.0) as usize).min(9)] += 1;
         }
         let mean = |v: f32| if n > 0 { v / n as f32 } else { 0.0 };
         let mut categories: Vec<Count> = categories
@@ -74,7 +84,7 @@ impl EngineBackend {
             .ok()
             .and_then(|b| serde_json::from_slice::<EvalView>(&b).ok())
             .filter(|e| e.model == self.model())
-            .map(|saved| self.live_eval(saved, cfg));
+            .map(|saved| self.live_eval(saved, cfg, &qe, by));
         Ok(Stats {
             analyses: n as u64,
             categories,
@@ -102,16 +112,27 @@ impl EngineBackend {
         })
     }
 
-    /// The last evaluation evaluated again from the stored vectors under `cfg` (the page's
-    /// tuning), keeping its mode and query expansion; as saved when it cannot be (a fusion
+    /// The last evaluation evaluated again from the stored vectors under the page's tuning
+    /// (`cfg`, query expansion `qe`, and with `by` the head, a head trained and scored as
+    /// `kadr eval --head` does), keeping its mode; as saved when it cannot be (a fusion
     /// sweep, a folder gone). The last one is kept, so reloads with one tuning are free.
-    fn live_eval(&self, saved: EvalView, cfg: &VoteConfig) -> EvalView {
+    fn live_eval(
+        &self,
+        saved: EvalView,
+        cfg: &VoteConfig,
+        qe: &Expansion,
+        by: Decider,
+    ) -> EvalView {
         let mode = match saved.replay.as_str() {
             "split" => kadr_engine::jobs::EvalMode::Split,
             "loo" => kadr_engine::jobs::EvalMode::LeaveOneOut,
             _ => return saved,
         };
-        let key = format!("{}|{}|{cfg:?}", saved.created_at, saved.folder);
+        let with_head = by == Decider::Head;
+        let key = format!(
+            "{}|{}|{cfg:?}|{qe:?}|{with_head}",
+            saved.created_at, saved.folder
+        );
         if let Ok(cache) = self.inner.live_eval.lock() {
             if let Some((k, v)) = cache.as_ref() {
                 if *k == key {
@@ -122,11 +143,9 @@ impl EngineBackend {
         let folder = Path::new(&saved.folder);
         let opts = kadr_engine::jobs::EvalOptions {
             vote: cfg.clone(),
-            qe: kadr_engine::expand::Expansion {
-                n: saved.qe,
-                alpha: saved.qe_alpha,
-            },
-            head: None,
+            qe: *qe,
+            dba: saved.dba,
+            head: with_head.then(kadr_engine::head::HeadConfig::default),
         };
         let ws = &self.inner.ws;
         let view = kadr_engine::jobs::evaluate_stored(ws, folder, mode, &opts)
@@ -137,9 +156,10 @@ impl EngineBackend {
                     mode: saved.mode,
                     created_at: saved.created_at,
                     replay: saved.replay,
-                    qe: saved.qe,
-                    qe_alpha: saved.qe_alpha,
-                    tuning: describe(cfg),
+                    qe: qe.n,
+                    qe_alpha: qe.alpha,
+                    dba: saved.dba,
+                    tuning: describe(cfg, qe, &saved.dba, with_head),
                     ..v
                 };
                 if let Ok(mut cache) = self.inner.live_eval.lock() {
@@ -160,8 +180,9 @@ impl EngineBackend {
     }
 }
 
-/// A vote configuration in a few words, for the dashboard.
-fn describe(cfg: &VoteConfig) -> String {
+/// A vote configuration (with query expansion, and the head when it was scored) in a few
+/// words, for the dashboard.
+fn describe(cfg: &VoteConfig, qe: &Expansion, dba: &Expansion, head: bool) -> String {
     let mut s = format!(
         "k {}, {} vote, similarity ≥ {:.2}",
         cfg.k,
@@ -176,6 +197,18 @@ fn describe(cfg: &VoteConfig) -> String {
     }
     if !cfg.rules.rename.is_empty() || !cfg.rules.ignore.is_empty() {
         s.push_str(", category rules");
+    }
+    if !qe.is_off() {
+        s.push_str(&format!(", query expansion {} (α {})", qe.n, qe.alpha));
+    }
+    if !dba.is_off() {
+        s.push_str(&format!(
+            ", database augmentation {} (α {})",
+            dba.n, dba.alpha
+        ));
+    }
+    if head {
+        s.push_str(", head scored");
     }
     s
 }
@@ -213,6 +246,7 @@ pub fn eval_view(ws: &Workspace, folder: &Path, report: &Report) -> anyhow::Resu
         images: report.images as u64,
         map_at_10: report.map_at_10,
         vote_accuracy: report.vote_accuracy,
+        head_accuracy: report.head_accuracy,
         per_category: report
             .per_category
             .iter()
@@ -261,6 +295,7 @@ pub fn eval_view(ws: &Workspace, folder: &Path, report: &Report) -> anyhow::Resu
         },
         qe: 0,
         qe_alpha: 0.0,
+        dba: Expansion::off(),
         tuning: String::new(),
     })
 }

@@ -18,6 +18,8 @@ use app::analyse::FileOutcome;
 use app::errors::ApiError;
 use app::types::*;
 use kadr_engine::batcher::{BatchConfig, Batcher};
+use kadr_engine::expand::Expansion;
+use kadr_engine::head::Head;
 use kadr_engine::index::Filter;
 use kadr_engine::settings::Settings;
 use kadr_engine::vote::VoteConfig;
@@ -61,6 +63,11 @@ struct Inner {
     decode_gate: Gate,
     /// The dashboard's last evaluation under the last tuning asked for, by key.
     live_eval: Mutex<Option<(String, EvalView)>>,
+    /// The space's trained head as last read, with its file's modification time: `kadr
+    /// train` may write a new one while the server runs.
+    head: Mutex<Option<(std::time::SystemTime, Arc<Head>)>>,
+    /// The last [`CategoryChoice`] made, by key (vote config, head, index size).
+    choice: Mutex<Option<(String, CategoryChoice)>>,
 }
 
 /// At most `n` holders at once; the others wait their turn.
@@ -256,6 +263,8 @@ impl EngineBackend {
                 ),
                 vlm: vlm.map(Mutex::new),
                 live_eval: Mutex::new(None),
+                head: Mutex::new(None),
+                choice: Mutex::new(None),
             }),
         };
         // Folders added from the dataset page before a restart are served again (where they
@@ -278,6 +287,80 @@ impl EngineBackend {
 
     fn model(&self) -> &str {
         &self.inner.defaults.model
+    }
+
+    /// The category head trained for this space (`kadr train`), read again when its file
+    /// changes; `None` when there is none, or it cannot be read (logged: the vote still
+    /// works).
+    pub(crate) fn head(&self) -> Option<Arc<Head>> {
+        let path = Head::path(&self.inner.home, self.model());
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        let mut cache = self.inner.head.lock().ok()?;
+        if let Some((t, h)) = cache.as_ref() {
+            if *t == modified {
+                return Some(h.clone());
+            }
+        }
+        match Head::load(&path, self.model()) {
+            Ok(h) => {
+                let h = Arc::new(h);
+                *cache = Some((modified, h.clone()));
+                Some(h)
+            }
+            Err(e) => {
+                tracing::warn!("the category head is not used: {e:#}");
+                *cache = None;
+                None
+            }
+        }
+    }
+
+    /// Which of the head and the vote gives categories under `cfg` when the tuning says
+    /// "best": the one more accurate on the served folders' `valid/` images (against
+    /// `train/`), from the stored vectors; the vote when there is no head or no split.
+    pub(crate) fn category_choice(&self, cfg: &VoteConfig) -> Result<CategoryChoice, ApiError> {
+        let head = self.head();
+        let Some(h) = head.as_deref() else {
+            return Ok(CategoryChoice::vote(
+                "by the vote: no category head is trained (kadr train makes one)",
+            ));
+        };
+        let modified = std::fs::metadata(Head::path(&self.inner.home, self.model()))
+            .and_then(|m| m.modified())
+            .ok();
+        let key = format!("{cfg:?}|{modified:?}|{}", self.inner.ws.len());
+        if let Some((k, c)) = lock(&self.inner.choice)?.as_ref() {
+            if *k == key {
+                return Ok(c.clone());
+            }
+        }
+        let folders = lock(&self.inner.folders)?.clone();
+        let c = kadr_engine::jobs::choose_stored(&self.inner.ws, &folders, cfg, Some(h))
+            .map_err(internal)?;
+        let choice = match (c.head_accuracy, c.vote_accuracy) {
+            (Some(ha), Some(va)) => CategoryChoice {
+                by: if c.by == "head" {
+                    Decider::Head
+                } else {
+                    Decider::Vote
+                },
+                head: true,
+                head_accuracy: Some(ha),
+                vote_accuracy: Some(va),
+                reason: format!(
+                    "by the {}: on valid/ the head scores {ha:.3}, the {}-NN vote {va:.3}",
+                    c.by, cfg.k
+                ),
+            },
+            _ => CategoryChoice {
+                head: true,
+                ..CategoryChoice::vote(
+                    "by the vote: no valid/ split among the served folders to compare the head with",
+                )
+            },
+        };
+        *lock(&self.inner.choice)? = Some((key, choice.clone()));
+        Ok(choice)
     }
 
     /// A place in the embedding queue, for other work that decodes images (thumbnails).
@@ -331,16 +414,25 @@ impl app::backend::Backend for EngineBackend {
         Box::pin(self.inner.queue.admit())
     }
 
-    fn analysis(&self, hash: &str, filter: &Filter) -> Result<Analysis, ApiError> {
-        self.analysis_of(hash, filter)
+    fn analysis(&self, hash: &str, filter: &Filter, qe: &Expansion) -> Result<Analysis, ApiError> {
+        self.analysis_of(hash, filter, qe)
     }
 
-    fn cached_analysis(&self, hash: &str, filter: &Filter) -> Result<Option<Analysis>, ApiError> {
-        self.stored_analysis(hash, filter)
+    fn cached_analysis(
+        &self,
+        hash: &str,
+        filter: &Filter,
+        qe: &Expansion,
+    ) -> Result<Option<Analysis>, ApiError> {
+        self.stored_analysis(hash, filter, qe)
     }
 
-    fn stats(&self, cfg: &VoteConfig) -> Result<Stats, ApiError> {
-        self.dashboard_stats(cfg)
+    fn stats(&self, tuning: &Tuning, cfg: &VoteConfig) -> Result<Stats, ApiError> {
+        self.dashboard_stats(tuning, cfg)
+    }
+
+    fn choice(&self, cfg: &VoteConfig) -> Result<CategoryChoice, ApiError> {
+        self.category_choice(cfg)
     }
 
     fn dupes(&self, threshold: f32, limit: usize) -> Result<app::dupes::DupesReport, ApiError> {

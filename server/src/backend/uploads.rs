@@ -11,12 +11,15 @@ use app::types::*;
 use kadr_engine::batcher::Announced;
 use kadr_engine::decode::{decode_for, decode_limited};
 use kadr_engine::embed::imagenet_class;
+use kadr_engine::expand::Expansion;
 use kadr_engine::index::Filter;
 use std::path::PathBuf;
 use std::time::Instant;
 
 /// ImageNet labels shown as the text analysis when no VLM is configured.
 const TEXT_LABELS: usize = 5;
+/// Categories of the head's guess shown.
+const HEAD_TOP: usize = 3;
 
 /// The general kind of a refusal ("corrupt or truncated PNG image: ..." → before the colon).
 fn reason_kind(reason: &str) -> &str {
@@ -86,12 +89,18 @@ impl EngineBackend {
         self.inner.home.join("uploads").join(hash)
     }
 
-    /// The top [`MAX_K`] hits for an embedding among those `filter` lets through.
-    fn hits(&self, embedding: &[f32], filter: &Filter) -> Result<Vec<Hit>, ApiError> {
+    /// The top [`MAX_K`] hits for an embedding among those `filter` lets through, the query
+    /// expanded by `qe` first.
+    fn hits(
+        &self,
+        embedding: &[f32],
+        filter: &Filter,
+        qe: &Expansion,
+    ) -> Result<Vec<Hit>, ApiError> {
         let found = self
             .inner
             .ws
-            .search(embedding, MAX_K, filter)
+            .search_expanded(embedding, MAX_K, filter, qe)
             .map_err(internal)?;
         Ok(found
             .into_iter()
@@ -105,16 +114,37 @@ impl EngineBackend {
             .collect())
     }
 
+    /// The analysis of a stored record: searched now (the index may have grown), with the
+    /// head's guess when a head is trained.
     pub(super) fn to_analysis(
         &self,
         r: Record,
         search_ms: Option<f32>,
         filter: &Filter,
+        qe: &Expansion,
     ) -> Result<Analysis, ApiError> {
         let t = Instant::now();
-        let hits = self.hits(&r.embedding, filter)?;
+        let hits = self.hits(&r.embedding, filter, qe)?;
         let mut timings = r.timings;
         timings.search_ms = search_ms.unwrap_or_else(|| ms(t));
+        let head = match self.head() {
+            None => None,
+            Some(h) => h
+                .predict_top(&[r.embedding.as_slice()], HEAD_TOP)
+                .map_err(|e| internal(format!("the category head failed: {e:#}")))?
+                .pop()
+                .map(|top| HeadGuess {
+                    category: top[0].category.clone(),
+                    probability: top[0].probability,
+                    top: top
+                        .into_iter()
+                        .map(|p| ScoredLabel {
+                            label: p.category,
+                            score: p.probability,
+                        })
+                        .collect(),
+                }),
+        };
         Ok(Analysis {
             hash: r.hash,
             name: r.name,
@@ -125,6 +155,8 @@ impl EngineBackend {
             timings,
             created_at: r.created_at,
             indexed_category: r.indexed_category,
+            head,
+            expansion: *qe,
         })
     }
 
@@ -294,7 +326,7 @@ impl EngineBackend {
             .get(self.model(), &hash)
             .map_err(internal)?;
         if let Some(record) = cached {
-            let mut analysis = self.to_analysis(record, None, &Filter::all())?;
+            let mut analysis = self.to_analysis(record, None, &Filter::all(), &Expansion::off())?;
             // The name the user gave this time.
             analysis.name = name.to_string();
             return Ok(FileOutcome {
@@ -323,7 +355,7 @@ impl EngineBackend {
             .map_err(storage)?;
         Ok(FileOutcome {
             name: name.to_string(),
-            analysis: Some(self.to_analysis(record, None, &Filter::all())?),
+            analysis: Some(self.to_analysis(record, None, &Filter::all(), &Expansion::off())?),
             error: None,
             cached: false,
         })
@@ -357,8 +389,16 @@ impl EngineBackend {
 
     /// The analyses of `hashes`, in order, with hits among what `filter` lets through;
     /// unknown ones are an error naming them.
-    pub fn analyses(&self, hashes: &[String], filter: &Filter) -> Result<Vec<Analysis>, ApiError> {
-        hashes.iter().map(|h| self.analysis_of(h, filter)).collect()
+    pub fn analyses(
+        &self,
+        hashes: &[String],
+        filter: &Filter,
+        qe: &Expansion,
+    ) -> Result<Vec<Analysis>, ApiError> {
+        hashes
+            .iter()
+            .map(|h| self.analysis_of(h, filter, qe))
+            .collect()
     }
 
     /// A stored analysis of `hash`, searched again now; `None` when there is none.
@@ -366,18 +406,24 @@ impl EngineBackend {
         &self,
         hash: &str,
         filter: &Filter,
+        qe: &Expansion,
     ) -> Result<Option<Analysis>, ApiError> {
         let record = lock(&self.inner.history)?
             .get(self.model(), hash)
             .map_err(internal)?;
         record
-            .map(|r| self.to_analysis(r, None, filter))
+            .map(|r| self.to_analysis(r, None, filter, qe))
             .transpose()
     }
 
     /// The analysis of `hash`: stored, or (an indexed image seen for the first time) made now.
-    pub(super) fn analysis_of(&self, hash: &str, filter: &Filter) -> Result<Analysis, ApiError> {
-        if let Some(a) = self.stored_analysis(hash, filter)? {
+    pub(super) fn analysis_of(
+        &self,
+        hash: &str,
+        filter: &Filter,
+        qe: &Expansion,
+    ) -> Result<Analysis, ApiError> {
+        if let Some(a) = self.stored_analysis(hash, filter, qe)? {
             return Ok(a);
         }
         // An indexed image: analyse its file (once) so it gets a page like any upload.
@@ -400,6 +446,6 @@ impl EngineBackend {
         lock(&self.inner.history)?
             .put(self.model(), &record)
             .map_err(internal)?;
-        self.to_analysis(record, None, filter)
+        self.to_analysis(record, None, filter, qe)
     }
 }

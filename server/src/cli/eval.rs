@@ -23,6 +23,13 @@ pub struct EvalArgs {
     vote: VoteArgs,
     #[command(flatten)]
     qe: ExpansionArgs,
+    /// Database-side augmentation: each indexed image averaged with its N nearest other
+    /// images before the queries search them (0: off; leave-one-out keeps each query out)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    dba: usize,
+    /// Database-side augmentation: each neighbour weighs its similarity to this power
+    #[arg(long, value_name = "ALPHA", default_value_t = kadr_engine::expand::DEFAULT_ALPHA)]
+    dba_alpha: f32,
     /// Also train a category head on the embeddings and report its accuracy (on valid/, or
     /// in 5-fold cross-validation for a set without splits)
     #[arg(long)]
@@ -44,9 +51,17 @@ pub struct EvalArgs {
 pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
     let cfg = a.vote.config()?;
     let qe = a.qe.expansion()?;
+    let dba = kadr_engine::expand::Expansion {
+        n: a.dba,
+        alpha: a.dba_alpha,
+    };
+    dba.validate().map_err(|(field, why)| {
+        anyhow::anyhow!("--{}: {why}", field.replace("qe", "dba").replace('_', "-"))
+    })?;
     let opts = EvalOptions {
         vote: cfg,
         qe,
+        dba,
         head: a.head.then(HeadConfig::default),
     };
     let batch = s.max_batch_size;
@@ -77,22 +92,22 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
             sp.weight
                 .is_some_and(|w| (w - s.fusion_weight).abs() < 1e-6)
         }) {
-            save_for_dashboard(&s, &ws, &a.data, &sp.report, &qe)?;
+            save_for_dashboard(&s, &ws, &a.data, &sp.report, &opts)?;
         }
-        print_fusion_sweep(&ws, &spaces, s.fusion_weight, &qe);
+        print_fusion_sweep(&ws, &spaces, s.fusion_weight, &opts);
         return Ok(());
     }
     let ws = Workspace::open(&s)?;
     let (report, indexed) =
         eval_folder(&ws, &a.data, a.mode, &opts, batch, &progress_bar("embed"))?;
     report_failures(&indexed.failed);
-    save_for_dashboard(&s, &ws, &a.data, &report, &qe)?;
+    save_for_dashboard(&s, &ws, &a.data, &report, &opts)?;
     println!(
         "model: {}  mode: {}  k: {}{}",
         ws.space_id(),
         report.mode,
         report.k,
-        qe_note(&qe)
+        rerank_note(&opts)
     );
     println!(
         "{:<16} {:>6} {:>8} {:>9} {:>7}",
@@ -126,6 +141,8 @@ pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
         "k": report.k,
         "qe": qe.n,
         "qe_alpha": qe.alpha,
+        "dba": dba.n,
+        "dba_alpha": dba.alpha,
         "model": ws.space_id(),
     });
     println!("{summary}");
@@ -140,34 +157,48 @@ fn save_for_dashboard(
     ws: &Workspace,
     data: &std::path::Path,
     report: &kadr_engine::eval::Report,
-    qe: &kadr_engine::expand::Expansion,
+    opts: &EvalOptions,
 ) -> Result<()> {
     use kadr::backend::dashboard::{eval_view, save_eval};
     let mut view = eval_view(ws, &data.canonicalize()?, report)?;
+    let (qe, dba) = (&opts.qe, &opts.dba);
     if !qe.is_off() {
         view.mode = format!("{}, query expansion {} (α {})", view.mode, qe.n, qe.alpha);
         view.qe = qe.n;
         view.qe_alpha = qe.alpha;
     }
+    if !dba.is_off() {
+        view.mode = format!(
+            "{}, database augmentation {} (α {})",
+            view.mode, dba.n, dba.alpha
+        );
+        view.dba = *dba;
+    }
     view.mode.push_str(", kadr eval");
     save_eval(&s.home, &view)
 }
 
-/// `  query expansion: N neighbours, α A` when it is on.
-fn qe_note(qe: &kadr_engine::expand::Expansion) -> String {
-    if qe.is_off() {
-        String::new()
-    } else {
-        format!("  query expansion: {} neighbours, α {}", qe.n, qe.alpha)
+/// `  query expansion: N neighbours, α A` and `  database augmentation: …` for those on.
+fn rerank_note(opts: &EvalOptions) -> String {
+    let mut s = String::new();
+    for (what, e) in [
+        ("query expansion", &opts.qe),
+        ("database augmentation", &opts.dba),
+    ] {
+        if !e.is_off() {
+            s.push_str(&format!("  {what}: {} neighbours, α {}", e.n, e.alpha));
+        }
     }
+    s
 }
 
 fn print_fusion_sweep(
     ws: &Workspace,
     spaces: &[kadr_engine::jobs::SpaceReport],
     weight: f32,
-    qe: &kadr_engine::expand::Expansion,
+    opts: &EvalOptions,
 ) {
+    let qe = &opts.qe;
     let Some(first) = spaces.first() else {
         return;
     };
@@ -184,7 +215,7 @@ fn print_fusion_sweep(
         first.report.mode,
         first.report.k,
         first.report.images,
-        qe_note(qe)
+        rerank_note(opts)
     );
     println!("{:<14} {:>8} {:>9}", "space", "MAP@10", "vote acc");
     for sp in spaces {
@@ -227,6 +258,8 @@ fn print_fusion_sweep(
         "k": first.report.k,
         "qe": qe.n,
         "qe_alpha": qe.alpha,
+        "dba": opts.dba.n,
+        "dba_alpha": opts.dba.alpha,
         "model": ws.embedder().model_id(),
         "text_model": text_model,
     });

@@ -55,15 +55,13 @@ pub struct ExpansionArgs {
 
 impl ExpansionArgs {
     pub fn expansion(&self) -> Result<kadr_engine::expand::Expansion> {
-        anyhow::ensure!(self.qe <= 100, "--qe must be at most 100");
-        anyhow::ensure!(
-            self.qe_alpha.is_finite() && (0.0..=100.0).contains(&self.qe_alpha),
-            "--qe-alpha must be within 0..100"
-        );
-        Ok(kadr_engine::expand::Expansion {
+        let qe = kadr_engine::expand::Expansion {
             n: self.qe,
             alpha: self.qe_alpha,
-        })
+        };
+        qe.validate()
+            .map_err(|(field, why)| anyhow::anyhow!("--{}: {why}", field.replace('_', "-")))?;
+        Ok(qe)
     }
 }
 

@@ -72,7 +72,16 @@ pub fn run(s: &Settings, a: TrainArgs) -> Result<()> {
             if h > v { "head" } else { "vote" },
             r.temperature
         ),
-        _ => println!("no valid/ split: trained {} steps, not calibrated", r.steps),
+        (Some(h), None) => println!(
+            "no valid/ split: stopped early and calibrated (temperature {:.3}) on every tenth \
+             image of each category, held out of training, where the head scores {h:.4}",
+            r.temperature
+        ),
+        _ => println!(
+            "no valid/ split and too few images to hold some out: trained {} steps, not \
+             calibrated",
+            r.steps
+        ),
     }
     println!("saved {}", t.path.display());
     println!("{}", serde_json::to_string(&t)?);

@@ -2,6 +2,7 @@
 //! server functions, the REST API and the pages. Behaviour that both sides need (re-ranking
 //! under a [`Tuning`]) is here too, so the browser and the CSV export agree to the digit.
 
+use crate::expand::Expansion;
 use crate::vote::{passing, vote, CategoryRules, Vote, VoteConfig, VoteMode};
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,21 @@ pub struct Tuning {
     pub rename: String,
     /// Categories that do not vote, `a,b`.
     pub ignore: String,
+    /// Query expansion: neighbours averaged into the query before it is searched again (0:
+    /// off). Unlike the rest, changing it searches again.
+    #[serde(default)]
+    pub qe: usize,
+    /// Query expansion's weighting exponent.
+    #[serde(default = "default_alpha")]
+    pub qe_alpha: f32,
+    /// What gives the category: the neighbours' vote, the trained head, or the better of the
+    /// two on `valid/`.
+    #[serde(default)]
+    pub by: Decider,
+}
+
+fn default_alpha() -> f32 {
+    crate::expand::DEFAULT_ALPHA
 }
 
 impl Default for Tuning {
@@ -67,8 +83,94 @@ impl Default for Tuning {
             mode: VoteMode::Majority,
             rename: String::new(),
             ignore: String::new(),
+            qe: 0,
+            qe_alpha: crate::expand::DEFAULT_ALPHA,
+            by: Decider::Best,
         }
     }
+}
+
+/// What gives an analysis its category.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Decider {
+    /// The head when one is trained for the space and it is more accurate than the vote on
+    /// the served folders' `valid/` split (against `train/`), else the vote: what `kadr
+    /// submit` does.
+    #[default]
+    Best,
+    /// The nearest neighbours' vote.
+    Vote,
+    /// The trained category head (`kadr train`); no category where there is none.
+    Head,
+}
+
+impl Decider {
+    /// The lowercase name used in URLs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Best => "best",
+            Self::Vote => "vote",
+            Self::Head => "head",
+        }
+    }
+}
+
+impl std::str::FromStr for Decider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "best" => Ok(Self::Best),
+            "vote" => Ok(Self::Vote),
+            "head" => Ok(Self::Head),
+            _ => Err(format!(
+                "unknown category source {s:?}: use best, vote or head"
+            )),
+        }
+    }
+}
+
+/// Which of the vote and the head gives the categories under one vote configuration, and
+/// the figures it was chosen by (what [`Decider::Best`] resolves to).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CategoryChoice {
+    /// [`Decider::Vote`] or [`Decider::Head`].
+    pub by: Decider,
+    /// Whether a head is trained for this embedding space.
+    pub head: bool,
+    /// Accuracy on the served folders' `valid/` images (against `train/`), when there are
+    /// some and a head.
+    pub head_accuracy: Option<f64>,
+    pub vote_accuracy: Option<f64>,
+    /// Why, in words ("the head scores 0.912 on valid/, the 10-NN vote 0.874").
+    pub reason: String,
+}
+
+impl CategoryChoice {
+    /// The vote, for `reason`.
+    pub fn vote(reason: impl Into<String>) -> Self {
+        Self {
+            by: Decider::Vote,
+            head: false,
+            head_accuracy: None,
+            vote_accuracy: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The category an analysis is given, and by what.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// `None`: uncertain (no vote, below the minimum confidence, an ignored category, or
+    /// no head where the head was asked for).
+    pub category: Option<String>,
+    /// The vote's share, or the head's calibrated probability.
+    pub confidence: f32,
+    /// [`Decider::Vote`] or [`Decider::Head`].
+    pub by: Decider,
 }
 
 /// A rejected input: which field and why.
@@ -115,6 +217,9 @@ impl Tuning {
                 ));
             }
         }
+        self.expansion()
+            .validate()
+            .map_err(|(field, why)| bad(field, why))?;
         let rules =
             CategoryRules::parse(&self.rename, &self.ignore).map_err(|m| bad("rename", m))?;
         Ok(VoteConfig {
@@ -127,7 +232,16 @@ impl Tuning {
         })
     }
 
-    /// The URL query form: `t=0.3&rel=0&conf=0&k=10&mode=majority&rename=&ignore=`.
+    /// The query expansion asked for.
+    pub fn expansion(&self) -> Expansion {
+        Expansion {
+            n: self.qe,
+            alpha: self.qe_alpha,
+        }
+    }
+
+    /// The URL query form: `t=0.3&rel=0&conf=0&k=10&mode=majority`, then what is set of
+    /// `rename=…`, `ignore=…`, `qe=2&qa=3` (with expansion on) and `by=vote|head`.
     pub fn to_query(&self) -> String {
         let mut q = format!(
             "t={}&rel={}&conf={}&k={}&mode={}",
@@ -141,6 +255,12 @@ impl Tuning {
             if !value.is_empty() {
                 q.push_str(&format!("&{key}={}", encode_component(value)));
             }
+        }
+        if self.qe > 0 {
+            q.push_str(&format!("&qe={}&qa={}", self.qe, self.qe_alpha));
+        }
+        if self.by != Decider::Best {
+            q.push_str(&format!("&by={}", self.by.as_str()));
         }
         q
     }
@@ -161,6 +281,41 @@ impl Tuning {
                 .unwrap_or(defaults.mode),
             rename: get("rename").unwrap_or_else(|| defaults.rename.clone()),
             ignore: get("ignore").unwrap_or_else(|| defaults.ignore.clone()),
+            qe: get("qe")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(defaults.qe),
+            qe_alpha: num("qa").unwrap_or(defaults.qe_alpha),
+            by: get("by")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.by),
+        }
+    }
+
+    /// The URL query keys [`Tuning::from_query`] reads.
+    pub const KEYS: [&'static str; 10] = [
+        "t", "rel", "conf", "k", "mode", "rename", "ignore", "qe", "qa", "by",
+    ];
+
+    /// Checks the raw value of URL key `key` for the API, where a value that does not parse
+    /// is a 4xx instead of the default a shared page link falls back to. Unknown keys pass
+    /// (the caller decides).
+    pub fn check_raw(key: &str, value: &str) -> Result<(), FieldError> {
+        let v = value.trim();
+        let ok = match key {
+            "t" | "conf" | "qa" => v.parse::<f32>().is_ok(),
+            "k" | "qe" => v.parse::<usize>().is_ok(),
+            "rel" => matches!(v, "0" | "1" | "true" | "false"),
+            "mode" => v.parse::<VoteMode>().is_ok(),
+            "by" => v.parse::<Decider>().is_ok(),
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(FieldError {
+                field: key.into(),
+                message: format!("bad value {value:?}"),
+            })
         }
     }
 }
@@ -239,6 +394,18 @@ pub struct TextAnalysis {
     pub labels: Vec<ScoredLabel>,
 }
 
+/// What the trained category head says about an image.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HeadGuess {
+    /// The most probable category.
+    pub category: String,
+    /// Its calibrated probability (temperature-scaled on `valid/` when there was one).
+    pub probability: f32,
+    /// The most probable categories, best first (the first is `category`).
+    pub top: Vec<ScoredLabel>,
+}
+
 /// Milliseconds per stage of one analysis.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -268,6 +435,12 @@ pub struct Analysis {
     pub created_at: i64,
     /// The category it is filed under when the image itself is indexed.
     pub indexed_category: Option<String>,
+    /// The trained head's guess, when a head is trained for this embedding space.
+    #[serde(default)]
+    pub head: Option<HeadGuess>,
+    /// The query expansion the hits were searched with (`n` 0: none).
+    #[serde(default)]
+    pub expansion: Expansion,
 }
 
 /// An analysis seen through a tuning: the matches shown and the vote.
@@ -291,6 +464,37 @@ impl Analysis {
             cfg,
         );
         Ranked { matches, vote }
+    }
+
+    /// The category by `by` (the vote or the head; [`Decider::Best`] is resolved by the
+    /// caller's [`CategoryChoice`], and counts as the vote here) from this analysis ranked
+    /// under `cfg`. The head's category goes through the same renames and ignores as the
+    /// neighbours' and the same minimum confidence, on its probability.
+    pub fn decide(&self, ranked: &Ranked<'_>, cfg: &VoteConfig, by: Decider) -> Decision {
+        if by != Decider::Head {
+            return Decision {
+                category: ranked.vote.category.clone(),
+                confidence: ranked.vote.confidence,
+                by: Decider::Vote,
+            };
+        }
+        let Some(h) = &self.head else {
+            return Decision {
+                category: None,
+                confidence: 0.0,
+                by: Decider::Head,
+            };
+        };
+        let category = cfg
+            .rules
+            .apply(&h.category)
+            .filter(|_| h.probability >= cfg.min_confidence)
+            .map(str::to_string);
+        Decision {
+            category,
+            confidence: h.probability,
+            by: Decider::Head,
+        }
     }
 }
 
@@ -332,6 +536,11 @@ pub struct EvalView {
     pub images: u64,
     pub map_at_10: f64,
     pub vote_accuracy: f64,
+    /// A category head's accuracy, when one was scored (`kadr eval --head`, or the
+    /// dashboard's tuning asking for the head): trained on `train/` and scored on `valid/`,
+    /// or in 5-fold cross-validation.
+    #[serde(default)]
+    pub head_accuracy: Option<f64>,
     pub per_category: Vec<CategoryScore>,
     /// Rows: true category; columns: predicted, the last one "(none)".
     pub confusion_labels: Vec<String>,
@@ -351,6 +560,9 @@ pub struct EvalView {
     pub qe: usize,
     #[serde(default)]
     pub qe_alpha: f32,
+    /// The database-side augmentation it used (`n` 0: none), kept when evaluated again.
+    #[serde(default)]
+    pub dba: Expansion,
     /// The vote these figures were computed under when the dashboard evaluated the stored
     /// vectors again for its page's tuning ("k 5, weighted vote, similarity ≥ 0.30"); empty
     /// for the figures as first run.
@@ -458,8 +670,12 @@ mod tests {
             mode: VoteMode::Weighted,
             rename: "a b=c&d".into(),
             ignore: "x".into(),
+            qe: 2,
+            qe_alpha: 1.5,
+            by: Decider::Head,
         };
         let q = t.to_query();
+        assert!(q.ends_with("&qe=2&qa=1.5&by=head"), "{q}");
         let pairs: Vec<(String, String)> = q
             .split('&')
             .map(|kv| {
@@ -531,9 +747,108 @@ mod tests {
             }),
             "rename"
         );
+        assert_eq!(bad(Tuning { qe: 101, ..d() }), "qe");
+        assert_eq!(
+            bad(Tuning {
+                qe: 2,
+                qe_alpha: f32::INFINITY,
+                ..d()
+            }),
+            "qe_alpha"
+        );
         // Unreadable URL values fall back to the defaults instead of failing the page.
         let t = Tuning::from_query(|k| (k == "k").then(|| "many".to_string()), &d());
         assert_eq!(t.k, d().k);
+        let t = Tuning::from_query(|k| (k == "by").then(|| "oracle".to_string()), &d());
+        assert_eq!(t.by, Decider::Best);
+        // ... while the API names them.
+        assert_eq!(Tuning::check_raw("by", "oracle").unwrap_err().field, "by");
+        assert_eq!(Tuning::check_raw("qe", "-1").unwrap_err().field, "qe");
+        assert!(Tuning::check_raw("qa", "0.5").is_ok());
+        // Expansion off and the default source leave the URL as it was.
+        assert_eq!(d().to_query(), "t=0.3&rel=0&conf=0&k=10&mode=majority");
+    }
+
+    #[test]
+    fn the_head_decides_under_the_same_rules_and_confidence() {
+        let a = Analysis {
+            hash: "h".into(),
+            name: "q.png".into(),
+            width: 1,
+            height: 1,
+            hits: vec![Hit {
+                hash: String::new(),
+                path: String::new(),
+                split: String::new(),
+                category: "cat".into(),
+                score: 0.9,
+            }],
+            text: TextAnalysis {
+                source: TextSource::ImagenetLabels,
+                caption: None,
+                labels: vec![],
+            },
+            timings: StageTimings::default(),
+            created_at: 0,
+            indexed_category: None,
+            head: Some(HeadGuess {
+                category: "dog".into(),
+                probability: 0.7,
+                top: vec![],
+            }),
+            expansion: Default::default(),
+        };
+        let decide = |t: Tuning, by| {
+            let cfg = t.validate().unwrap();
+            let r = a.rank(&cfg);
+            a.decide(&r, &cfg, by)
+        };
+        let d = Tuning::default;
+        let vote = decide(d(), Decider::Vote);
+        assert_eq!(
+            (vote.category.as_deref(), vote.by),
+            (Some("cat"), Decider::Vote)
+        );
+        let head = decide(d(), Decider::Head);
+        assert_eq!(
+            (head.category.as_deref(), head.confidence),
+            (Some("dog"), 0.7)
+        );
+        let renamed = decide(
+            Tuning {
+                rename: "dog=pet".into(),
+                ..d()
+            },
+            Decider::Head,
+        );
+        assert_eq!(renamed.category.as_deref(), Some("pet"));
+        let ignored = decide(
+            Tuning {
+                ignore: "dog".into(),
+                ..d()
+            },
+            Decider::Head,
+        );
+        assert_eq!(ignored.category, None);
+        let unsure = decide(
+            Tuning {
+                min_confidence: 0.8,
+                ..d()
+            },
+            Decider::Head,
+        );
+        assert_eq!(unsure.category, None);
+        let no_head = Analysis {
+            head: None,
+            ..a.clone()
+        };
+        let cfg = d().validate().unwrap();
+        assert_eq!(
+            no_head
+                .decide(&no_head.rank(&cfg), &cfg, Decider::Head)
+                .category,
+            None
+        );
     }
 
     #[test]
@@ -564,6 +879,8 @@ mod tests {
             timings: StageTimings::default(),
             created_at: 0,
             indexed_category: None,
+            head: None,
+            expansion: Default::default(),
         };
         let at = |threshold: f32| {
             Tuning {
