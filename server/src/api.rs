@@ -462,21 +462,21 @@ mod tests {
             threshold: 0.8,
             ..tuning.clone()
         };
-        let text = String::from_utf8(
-            export_rows(
-                std::slice::from_ref(&a),
+        let first_row = |a: &Analysis, by| {
+            let text = export_rows(
+                std::slice::from_ref(a),
                 &strict,
                 &strict.validate().unwrap(),
-                Decider::Vote,
+                by,
             )
-            .unwrap(),
-        )
-        .unwrap();
-        let row = csv::Reader::from_reader(text.as_bytes())
-            .records()
-            .next()
-            .unwrap()
             .unwrap();
+            csv::Reader::from_reader(text.as_slice())
+                .records()
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        let row = first_row(&a, Decider::Vote);
         assert_eq!((&row[5], &row[8], &row[12]), ("cat", "1", ""));
         assert_eq!((&row[21], &row[22], &row[23]), ("vote", "", ""));
         // With a head asked for, the category and confidence are the head's.
@@ -488,21 +488,7 @@ mod tests {
             }),
             ..a
         };
-        let text = String::from_utf8(
-            export_rows(
-                &[with_head],
-                &strict,
-                &strict.validate().unwrap(),
-                Decider::Head,
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let row = csv::Reader::from_reader(text.as_bytes())
-            .records()
-            .next()
-            .unwrap()
-            .unwrap();
+        let row = first_row(&with_head, Decider::Head);
         assert_eq!((&row[5], &row[6]), ("fox", "0.6250"));
         assert_eq!((&row[21], &row[22], &row[23]), ("head", "fox", "0.6250"));
     }

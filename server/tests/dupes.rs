@@ -5,25 +5,13 @@
 
 mod common;
 
-use common::effnet_weights;
+use common::kadr_effnet as kadr;
 use image::ImageFormat;
 use kadr_types::dupes::{DupeKind, DupesReport, Leak};
 use std::path::Path;
-use std::process::Command;
 
 const STAMPS: &str = "/usr/share/tuxpaint/stamps";
 
-fn kadr(home: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kadr"))
-        .env("KADR_HOME", home)
-        .env("MODEL_PATH", effnet_weights())
-        .env_remove("MODEL")
-        .env_remove("DEVICE")
-        .env_remove("EMBEDDING")
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn put(from: &str, to: &Path) -> image::DynamicImage {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();

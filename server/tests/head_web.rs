@@ -9,21 +9,10 @@
 mod common;
 
 use common::effnet_weights;
+use common::kadr_effnet as kadr;
 use common::server::Server;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn kadr(home: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kadr"))
-        .env("KADR_HOME", home)
-        .env("MODEL_PATH", effnet_weights())
-        .env_remove("MODEL")
-        .env_remove("DEVICE")
-        .env_remove("EMBEDDING")
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn ok(out: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
