@@ -75,6 +75,9 @@ impl TuningArgs {
     }
 }
 
+const INPUT_CLASS: &str = "w-full rounded border border-slate-300 px-2 py-1 text-sm";
+const LABEL_CLASS: &str = "block text-xs font-medium uppercase tracking-wide text-slate-500";
+
 /// The tuning in the current URL, falling back to `defaults` field by field.
 pub fn use_tuning(defaults: Tuning) -> Memo<Tuning> {
     let query = use_query_map();
@@ -102,8 +105,8 @@ pub fn TuningPanel(tuning: Memo<Tuning>) -> impl IntoView {
     let value = |ev: &leptos::ev::Event| event_target_value(ev);
     let num = move |ev: &leptos::ev::Event| value(ev).trim().parse::<f32>().ok();
     let error = move || tuning.get().validate().err();
-    let input_class = "w-full rounded border border-slate-300 px-2 py-1 text-sm";
-    let label_class = "block text-xs font-medium uppercase tracking-wide text-slate-500";
+    let input_class = INPUT_CLASS;
+    let label_class = LABEL_CLASS;
 
     // Without JavaScript "Apply" submits the form (a page load with the new query). Once
     // hydrated, a submission (Enter in a field) must not reload the page and lose what is on
@@ -208,50 +211,33 @@ pub fn TuningPanel(tuning: Memo<Tuning>) -> impl IntoView {
                     </option>
                 </select>
             </div>
-            <div>
-                <label class=label_class for="conf">"Minimum confidence"</label>
-                <input
-                    id="conf"
-                    name="conf"
-                    type="number"
-                    min="0"
-                    max="1"
-                    step="0.05"
-                    class=input_class
-                    data-testid="min-confidence"
-                    prop:value=move || tuning.get().min_confidence.to_string()
-                    on:change={
-                        let update = update.clone();
-                        move |ev| {
-                            if let Some(v) = num(&ev) {
-                                update(&|t| t.min_confidence = v)
-                            }
-                        }
-                    }
-                />
-            </div>
+            {number_field(
+                NumberSpec {
+                    name: "conf",
+                    label: "Minimum confidence",
+                    testid: "min-confidence",
+                    range: ("0", "1".into(), "0.05"),
+                    title: None,
+                },
+                tuning,
+                |t| t.min_confidence.to_string(),
+                |t, v: f32| t.min_confidence = v,
+                update.clone(),
+            )}
             <div class="grid grid-cols-2 gap-2">
-                <div>
-                    <label class=label_class for="k">"Neighbours (k)"</label>
-                    <input
-                        id="k"
-                        name="k"
-                        type="number"
-                        min="1"
-                        max=MAX_K
-                        class=input_class
-                        data-testid="k"
-                        prop:value=move || tuning.get().k.to_string()
-                        on:change={
-                            let update = update.clone();
-                            move |ev| {
-                                if let Ok(v) = value(&ev).trim().parse::<usize>() {
-                                    update(&|t| t.k = v)
-                                }
-                            }
-                        }
-                    />
-                </div>
+                {number_field(
+                    NumberSpec {
+                        name: "k",
+                        label: "Neighbours (k)",
+                        testid: "k",
+                        range: ("1", MAX_K.to_string(), "1"),
+                        title: None,
+                    },
+                    tuning,
+                    |t| t.k.to_string(),
+                    |t, v: usize| t.k = v,
+                    update.clone(),
+                )}
                 <div>
                     <label class=label_class for="mode">"Vote"</label>
                     <select
@@ -278,51 +264,32 @@ pub fn TuningPanel(tuning: Memo<Tuning>) -> impl IntoView {
                 </div>
             </div>
             <div class="grid grid-cols-2 gap-2">
-                <div>
-                    <label class=label_class for="qe">"Query expansion"</label>
-                    <input
-                        id="qe"
-                        name="qe"
-                        type="number"
-                        min="0"
-                        max=MAX_K
-                        title="Neighbours averaged into the query before it is searched again (0: off)"
-                        class=input_class
-                        data-testid="qe"
-                        prop:value=move || tuning.get().qe.to_string()
-                        on:change={
-                            let update = update.clone();
-                            move |ev| {
-                                if let Ok(v) = value(&ev).trim().parse::<usize>() {
-                                    update(&|t| t.qe = v)
-                                }
-                            }
-                        }
-                    />
-                </div>
-                <div>
-                    <label class=label_class for="qa">"QE weight α"</label>
-                    <input
-                        id="qa"
-                        name="qa"
-                        type="number"
-                        min="0"
-                        max="100"
-                        step="0.5"
-                        title="Each neighbour weighs its similarity to this power"
-                        class=input_class
-                        data-testid="qe-alpha"
-                        prop:value=move || tuning.get().qe_alpha.to_string()
-                        on:change={
-                            let update = update.clone();
-                            move |ev| {
-                                if let Some(v) = num(&ev) {
-                                    update(&|t| t.qe_alpha = v)
-                                }
-                            }
-                        }
-                    />
-                </div>
+                {number_field(
+                    NumberSpec {
+                        name: "qe",
+                        label: "Query expansion",
+                        testid: "qe",
+                        range: ("0", MAX_K.to_string(), "1"),
+                        title: Some("Neighbours averaged into the query before it is searched again (0: off)"),
+                    },
+                    tuning,
+                    |t| t.qe.to_string(),
+                    |t, v: usize| t.qe = v,
+                    update.clone(),
+                )}
+                {number_field(
+                    NumberSpec {
+                        name: "qa",
+                        label: "QE weight α",
+                        testid: "qe-alpha",
+                        range: ("0", "100".into(), "0.5"),
+                        title: Some("Each neighbour weighs its similarity to this power"),
+                    },
+                    tuning,
+                    |t| t.qe_alpha.to_string(),
+                    |t, v: f32| t.qe_alpha = v,
+                    update.clone(),
+                )}
             </div>
             <div>
                 <label class=label_class for="by">"Category from"</label>
@@ -403,5 +370,50 @@ pub fn TuningPanel(tuning: Memo<Tuning>) -> impl IntoView {
                 "Apply"
             </button>
         </form>
+    }
+}
+
+/// What a number field of the panel is: its URL name (also its id), label, test id, range
+/// (min, max, step) and an optional tooltip.
+struct NumberSpec {
+    name: &'static str,
+    label: &'static str,
+    testid: &'static str,
+    range: (&'static str, String, &'static str),
+    title: Option<&'static str>,
+}
+
+/// A labelled number input bound to one tuning field: `read` shows it, `write` stores what
+/// was typed once it parses (anything else is ignored, as in the other fields), through
+/// `update`, which rewrites the URL.
+fn number_field<T: std::str::FromStr + Copy + 'static>(
+    spec: NumberSpec,
+    tuning: Memo<Tuning>,
+    read: fn(&Tuning) -> String,
+    write: fn(&mut Tuning, T),
+    update: impl Fn(&dyn Fn(&mut Tuning)) + Clone + Send + Sync + 'static,
+) -> impl IntoView {
+    let (min, max, step) = spec.range;
+    view! {
+        <div>
+            <label class=LABEL_CLASS for=spec.name>{spec.label}</label>
+            <input
+                id=spec.name
+                name=spec.name
+                type="number"
+                min=min
+                max=max
+                step=step
+                title=spec.title
+                class=INPUT_CLASS
+                data-testid=spec.testid
+                prop:value=move || read(&tuning.get())
+                on:change=move |ev| {
+                    if let Ok(v) = event_target_value(&ev).trim().parse::<T>() {
+                        update(&|t| write(t, v))
+                    }
+                }
+            />
+        </div>
     }
 }

@@ -12,7 +12,6 @@ use std::path::Path;
 
 const STAMPS: &str = "/usr/share/tuxpaint/stamps";
 
-
 fn put(from: &str, to: &Path) -> image::DynamicImage {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     std::fs::copy(Path::new(STAMPS).join(from), to)

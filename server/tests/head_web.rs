@@ -13,7 +13,6 @@ use common::kadr_effnet as kadr;
 use common::server::Server;
 use std::path::{Path, PathBuf};
 
-
 fn ok(out: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
