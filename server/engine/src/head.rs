@@ -25,9 +25,9 @@ pub struct HeadConfig {
 
 impl Default for HeadConfig {
     fn default() -> Self {
-        // Fashion-MNIST (10,000 train / 2,000 valid, EfficientNet-Lite0): lr 0.01 stopped at
-        // step 18 with valid accuracy 0.875, 0.001 at step 94 with 0.886, 0.0003 at 325 with
-        // 0.888 (three times the steps for 0.002).
+        // Fashion-MNIST (10,000 train / 2,000 valid, EfficientNet-Lite0), stopping on the
+        // calibrated loss: lr 0.01 reached valid accuracy 0.875, 0.003 0.881 (step 37), 0.001
+        // 0.886 (step 94), 0.0003 0.888 (step 325: three times the steps for 0.002).
         Self {
             steps: 1000,
             learning_rate: 0.001,
