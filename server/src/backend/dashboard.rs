@@ -52,6 +52,12 @@ impl EngineBackend {
             Decider::Best => self.category_choice(cfg)?.by,
             by => by,
         };
+        // The head's guesses are only counted when they give the categories: read it once.
+        let head = if by == Decider::Head {
+            self.head()
+        } else {
+            None
+        };
         let records = lock(&self.inner.history)?
             .all(self.model())
             .map_err(internal)?;
@@ -66,7 +72,8 @@ impl EngineBackend {
             sums.embed_ms += r.timings.embed_ms;
             sums.text_ms += r.timings.text_ms;
             let t = Instant::now();
-            let analysis = self.to_analysis(r, None, &kadr_engine::index::Filter::all(), &qe)?;
+            let analysis =
+                self.to_analysis(r, &kadr_engine::index::Filter::all(), &qe, head.as_deref())?;
             sums.search_ms += ms(t);
             let decision = analysis.decide(&analysis.rank(cfg), cfg, by);
             *categories

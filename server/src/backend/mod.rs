@@ -293,19 +293,24 @@ impl EngineBackend {
     /// changes; `None` when there is none, or it cannot be read (logged: the vote still
     /// works).
     pub(crate) fn head(&self) -> Option<Arc<Head>> {
+        self.head_and_time().map(|(_, h)| h)
+    }
+
+    /// [`Self::head`] with its file's modification time, which keys what is derived from it.
+    fn head_and_time(&self) -> Option<(std::time::SystemTime, Arc<Head>)> {
         let path = Head::path(&self.inner.home, self.model());
         let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
         let mut cache = self.inner.head.lock().ok()?;
         if let Some((t, h)) = cache.as_ref() {
             if *t == modified {
-                return Some(h.clone());
+                return Some((modified, h.clone()));
             }
         }
         match Head::load(&path, self.model()) {
             Ok(h) => {
                 let h = Arc::new(h);
                 *cache = Some((modified, h.clone()));
-                Some(h)
+                Some((modified, h))
             }
             Err(e) => {
                 tracing::warn!("the category head is not used: {e:#}");
@@ -319,15 +324,11 @@ impl EngineBackend {
     /// "best": the one more accurate on the served folders' `valid/` images (against
     /// `train/`), from the stored vectors; the vote when there is no head or no split.
     pub(crate) fn category_choice(&self, cfg: &VoteConfig) -> Result<CategoryChoice, ApiError> {
-        let head = self.head();
-        let Some(h) = head.as_deref() else {
+        let Some((modified, h)) = self.head_and_time() else {
             return Ok(CategoryChoice::vote(
                 "by the vote: no category head is trained (kadr train makes one)",
             ));
         };
-        let modified = std::fs::metadata(Head::path(&self.inner.home, self.model()))
-            .and_then(|m| m.modified())
-            .ok();
         let key = format!("{cfg:?}|{modified:?}|{}", self.inner.ws.len());
         if let Some((k, c)) = lock(&self.inner.choice)?.as_ref() {
             if *k == key {
@@ -335,7 +336,7 @@ impl EngineBackend {
             }
         }
         let folders = lock(&self.inner.folders)?.clone();
-        let c = kadr_engine::jobs::choose_stored(&self.inner.ws, &folders, cfg, Some(h))
+        let c = kadr_engine::jobs::choose_stored(&self.inner.ws, &folders, cfg, Some(&h))
             .map_err(internal)?;
         let choice = match (c.head_accuracy, c.vote_accuracy) {
             (Some(ha), Some(va)) => CategoryChoice {

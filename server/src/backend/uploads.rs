@@ -114,20 +114,20 @@ impl EngineBackend {
             .collect())
     }
 
-    /// The analysis of a stored record: searched now (the index may have grown), with the
-    /// head's guess when a head is trained.
+    /// The analysis of a stored record: searched now (the index may have grown), with
+    /// `head`'s guess when given (the space's trained head, [`EngineBackend::head`]).
     pub(super) fn to_analysis(
         &self,
         r: Record,
-        search_ms: Option<f32>,
         filter: &Filter,
         qe: &Expansion,
+        head: Option<&kadr_engine::head::Head>,
     ) -> Result<Analysis, ApiError> {
         let t = Instant::now();
         let hits = self.hits(&r.embedding, filter, qe)?;
         let mut timings = r.timings;
-        timings.search_ms = search_ms.unwrap_or_else(|| ms(t));
-        let head = match self.head() {
+        timings.search_ms = ms(t);
+        let head = match head {
             None => None,
             Some(h) => h
                 .predict_top(&[r.embedding.as_slice()], HEAD_TOP)
@@ -326,7 +326,12 @@ impl EngineBackend {
             .get(self.model(), &hash)
             .map_err(internal)?;
         if let Some(record) = cached {
-            let mut analysis = self.to_analysis(record, None, &Filter::all(), &Expansion::off())?;
+            let mut analysis = self.to_analysis(
+                record,
+                &Filter::all(),
+                &Expansion::off(),
+                self.head().as_deref(),
+            )?;
             // The name the user gave this time.
             analysis.name = name.to_string();
             return Ok(FileOutcome {
@@ -355,7 +360,12 @@ impl EngineBackend {
             .map_err(storage)?;
         Ok(FileOutcome {
             name: name.to_string(),
-            analysis: Some(self.to_analysis(record, None, &Filter::all(), &Expansion::off())?),
+            analysis: Some(self.to_analysis(
+                record,
+                &Filter::all(),
+                &Expansion::off(),
+                self.head().as_deref(),
+            )?),
             error: None,
             cached: false,
         })
@@ -412,7 +422,7 @@ impl EngineBackend {
             .get(self.model(), hash)
             .map_err(internal)?;
         record
-            .map(|r| self.to_analysis(r, None, filter, qe))
+            .map(|r| self.to_analysis(r, filter, qe, self.head().as_deref()))
             .transpose()
     }
 
@@ -446,6 +456,6 @@ impl EngineBackend {
         lock(&self.inner.history)?
             .put(self.model(), &record)
             .map_err(internal)?;
-        self.to_analysis(record, None, filter, qe)
+        self.to_analysis(record, filter, qe, self.head().as_deref())
     }
 }
