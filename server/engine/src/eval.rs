@@ -124,7 +124,7 @@ impl<'a> Augmented<'a> {
             used_by: Vec::new(),
         };
         for j in 0..items.len() {
-            for i in me.others(j, None).take(dba.n) {
+            for (i, _) in me.others(j, None).take(dba.n) {
                 used_by[i].push(j);
             }
             let v = me.vector(j, None);
@@ -134,24 +134,20 @@ impl<'a> Augmented<'a> {
         Ok(me)
     }
 
-    /// Item `j`'s nearest other items, `without` left out.
-    fn others(&self, j: usize, without: Option<usize>) -> impl Iterator<Item = usize> + '_ {
+    /// Item `j`'s nearest other items and their similarities, `without` left out.
+    fn others(&self, j: usize, without: Option<usize>) -> impl Iterator<Item = (usize, f32)> + '_ {
         self.nn[j]
             .iter()
-            .map(|h| h.id as usize)
-            .filter(move |&i| i != j && Some(i) != without)
+            .map(|h| (h.id as usize, h.score))
+            .filter(move |&(i, _)| i != j && Some(i) != without)
     }
 
     /// Item `j`'s augmented vector, computed with item `without` left out of it.
     fn vector(&self, j: usize, without: Option<usize>) -> Vec<f32> {
-        let score: std::collections::HashMap<usize, f32> = self.nn[j]
-            .iter()
-            .map(|h| (h.id as usize, h.score))
-            .collect();
         self.dba.expand(
             &self.items[j].embedding,
             self.others(j, without)
-                .map(|i| (self.items[i].embedding.as_slice(), score[&i])),
+                .map(|(i, s)| (self.items[i].embedding.as_slice(), s)),
         )
     }
 }
@@ -183,9 +179,9 @@ pub fn evaluate_with(
     } else {
         Some(Augmented::new(items, &raw_index, &raw, *dba)?)
     };
-    let (index, data) = match &augmented {
-        None => (raw_index, raw),
-        Some(a) => (FaissIndex::exact(dim, &a.data)?, a.data.clone()),
+    let (index, data): (FaissIndex, &[f32]) = match &augmented {
+        None => (raw_index, &raw),
+        Some(a) => (FaissIndex::exact(dim, &a.data)?, &a.data),
     };
     let leave_one_out = queries.is_none();
     let qs = queries.unwrap_or(items);

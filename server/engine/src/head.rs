@@ -250,12 +250,9 @@ impl Head {
         examples
             .iter()
             .for_each(|(_, c)| *count.entry(c).or_default() += 1);
-        let mut seen: HashMap<&str, usize> = HashMap::new();
         let (mut train, mut hold) = (Vec::new(), Vec::new());
-        for e in examples {
-            let i = seen.entry(e.1).or_default();
-            *i += 1;
-            if count[e.1] >= HOLD_OUT_EVERY && i.is_multiple_of(HOLD_OUT_EVERY) {
+        for (e, place) in examples.iter().zip(places(examples)) {
+            if count[e.1] >= HOLD_OUT_EVERY && (place + 1).is_multiple_of(HOLD_OUT_EVERY) {
                 hold.push(*e);
             } else {
                 train.push(*e);
@@ -406,6 +403,21 @@ impl Head {
     }
 }
 
+/// Each example's place among the examples of its category (0, 1, 2, … in order): how
+/// cross-validation deals its folds and [`Head::train_held_out`] its held-out images, so
+/// each category is spread evenly.
+fn places(examples: &[Example]) -> Vec<usize> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    examples
+        .iter()
+        .map(|(_, c)| {
+            let k = seen.entry(c).or_default();
+            *k += 1;
+            *k - 1
+        })
+        .collect()
+}
+
 /// Temperature scaling: the least mean NLL of `targets` under `logits / T` over T from 0.05
 /// to 20 (log-spaced), and that T.
 fn calibrate(logits: &Tensor, targets: &Tensor) -> Result<(f32, f32)> {
@@ -438,15 +450,7 @@ fn accuracy_of(logits: &Tensor, codes: &[u32]) -> Result<f64> {
 /// split. Folds deal each category's examples in turn, so every fold has every category.
 pub fn cross_validate(examples: &[Example], folds: usize, cfg: &HeadConfig) -> Result<f64> {
     ensure!(folds >= 2, "cross-validation needs at least two folds");
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    let fold_of: Vec<usize> = examples
-        .iter()
-        .map(|(_, c)| {
-            let k = seen.entry(c).or_default();
-            *k += 1;
-            (*k - 1) % folds
-        })
-        .collect();
+    let fold_of: Vec<usize> = places(examples).into_iter().map(|p| p % folds).collect();
     let mut right = 0.0;
     for f in 0..folds {
         let train: Vec<Example> = examples
