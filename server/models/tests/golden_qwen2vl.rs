@@ -454,3 +454,52 @@ fn the_pad_id_changes_nothing_but_the_padding() {
     assert_eq!(a.2, b.2);
     assert_eq!(a.3, b.3);
 }
+
+/// One pooled vector against the reference file's, as f64 lists.
+fn pooled_diff(got: &[f32], want: &serde_json::Value) -> f64 {
+    let want: Vec<f64> = serde_json::from_value(want.clone()).unwrap();
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(&want)
+        .map(|(&g, w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The VLM embeddings (`EMBEDDING=vlm`): the mean of the decoder's last hidden states over the
+/// image tokens and over the whole prompt, against transformers' `hidden_states[-1]` of the
+/// same tiny model (`scripts/golden/qwen2vl_hidden_reference.py`). Both prompts run as one
+/// left-padded batch, so padding must stay out of the means too.
+#[test]
+fn pooled_hidden_states_match_hf() {
+    let mut g = golden();
+    let r: serde_json::Value =
+        serde_json::from_str(include_str!("data/qwen2vl_tiny_hidden_reference.json")).unwrap();
+    let image = g.prompt();
+    assert_eq!(
+        serde_json::to_value(&image.input_ids).unwrap(),
+        r["image"]["input_ids"]
+    );
+    let text = Prompt {
+        input_ids: serde_json::from_value(r["text"]["input_ids"].clone()).unwrap(),
+        images: Vec::new(),
+    };
+    assert!(
+        text.input_ids.len() < image.input_ids.len(),
+        "the batch is padded"
+    );
+    let pooled = g.model.pooled_hidden(&[image, text]).unwrap();
+    assert_eq!(pooled.len(), 2);
+    let d = [
+        pooled_diff(&pooled[0].image, &r["image"]["image_mean"]),
+        pooled_diff(&pooled[0].prompt, &r["image"]["prompt_mean"]),
+        pooled_diff(&pooled[1].prompt, &r["text"]["prompt_mean"]),
+    ];
+    println!("pooled hidden max abs diff (image/image, image/prompt, text/prompt) = {d:?}");
+    assert!(d.iter().all(|&d| d < 1e-5), "{d:?}");
+    assert!(
+        pooled[1].image.iter().all(|&x| x == 0.0),
+        "no image, no image mean"
+    );
+    // Not a trivial agreement: the two pools of one prompt differ.
+    assert!(pooled_diff(&pooled[0].image, &r["image"]["prompt_mean"]) > 1e-2);
+}

@@ -50,6 +50,15 @@ impl Default for GenerationParams {
     }
 }
 
+/// A prompt's last hidden states, mean-pooled ([`Qwen2VlModel::pooled_hidden`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pooled {
+    /// The mean over the image tokens: the image as the decoder sees it.
+    pub image: Vec<f32>,
+    /// The mean over every token of the prompt (image, question and template).
+    pub prompt: Vec<f32>,
+}
+
 /// How a multi-token label's log-probabilities are combined before the softmax over labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LabelScore {
@@ -171,6 +180,22 @@ impl Qwen2VlModel {
     /// Runs the vision tower and the decoder over left-padded prompts, filling the KV cache.
     /// Returns logits `[B, L, V]` (`all_logits`) or `[B, V]` for the last position.
     fn prefill(&mut self, prompts: &[Prompt], all_logits: bool) -> Result<(Tensor, BatchState)> {
+        let (hidden, state) = self.prefill_hidden(prompts)?;
+        let l = hidden.dim(1)?;
+        let logits = if all_logits {
+            self.text.lm_head.forward(&hidden)?
+        } else {
+            // Left padding puts every row's last real token in the last column.
+            self.text
+                .lm_head
+                .forward(&hidden.i((.., l - 1, ..))?.contiguous()?)?
+        };
+        Ok((logits, state))
+    }
+
+    /// The decoder's last hidden states `[B, L, H]` after the final norm (HF's
+    /// `hidden_states[-1]`) over left-padded prompts, filling the KV cache.
+    fn prefill_hidden(&mut self, prompts: &[Prompt]) -> Result<(Tensor, BatchState)> {
         self.text.clear_kv_cache();
         if prompts.is_empty() || prompts.iter().any(|p| p.input_ids.is_empty()) {
             candle_core::bail!("prefill needs at least one non-empty prompt");
@@ -248,15 +273,46 @@ impl Qwen2VlModel {
         let pos = Tensor::from_vec(pos, (3, b, l), &self.device)?;
         let mask = self.build_mask(&state, l)?;
         let hidden = self.text.forward_hidden(&embeds, &pos, mask.as_ref())?;
-        let logits = if all_logits {
-            self.text.lm_head.forward(&hidden)?
-        } else {
-            // Left padding puts every row's last real token in the last column.
-            self.text
-                .lm_head
-                .forward(&hidden.i((.., l - 1, ..))?.contiguous()?)?
-        };
-        Ok((logits, state))
+        Ok((hidden, state))
+    }
+
+    /// Mean-pooled last hidden states (after the final norm, HF's `hidden_states[-1]`) of each
+    /// prompt, one batched forward pass for all of them: over its image tokens
+    /// ([`Pooled::image`], zeros for a prompt without images) and over all its tokens
+    /// ([`Pooled::prompt`]). Padding never enters a mean; f32 whatever the model's dtype.
+    pub fn pooled_hidden(&mut self, prompts: &[Prompt]) -> Result<Vec<Pooled>> {
+        let (hidden, _) = self.prefill_hidden(prompts)?;
+        self.text.clear_kv_cache();
+        let (b, l, _) = hidden.dims3()?;
+        // Row 2i averages prompt i's image tokens, row 2i+1 all its tokens: one batched matmul
+        // [B, 2, L] x [B, L, H] does every mean on the device.
+        let mut w = vec![0f32; b * 2 * l];
+        for (bi, p) in prompts.iter().enumerate() {
+            let npad = l - p.input_ids.len();
+            let n_img = p
+                .input_ids
+                .iter()
+                .filter(|&&t| t == self.cfg.image_token_id)
+                .count();
+            for (j, &t) in p.input_ids.iter().enumerate() {
+                if t == self.cfg.image_token_id {
+                    w[(bi * 2) * l + npad + j] = 1.0 / n_img as f32;
+                }
+                w[(bi * 2 + 1) * l + npad + j] = 1.0 / p.input_ids.len() as f32;
+            }
+        }
+        let w = Tensor::from_vec(w, (b, 2, l), &self.device)?;
+        let pooled: Vec<Vec<Vec<f32>>> = w
+            .matmul(&hidden.to_dtype(DType::F32)?.contiguous()?)?
+            .to_vec3()?;
+        Ok(pooled
+            .into_iter()
+            .map(|mut rows| {
+                let prompt = rows.pop().unwrap_or_default();
+                let image = rows.pop().unwrap_or_default();
+                Pooled { image, prompt }
+            })
+            .collect())
     }
 
     /// Appends `tokens` (`[B][Lq]`, equal lengths; `valid` marks padding) after the cached
