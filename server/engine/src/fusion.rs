@@ -15,6 +15,7 @@
 use crate::text::TextEmbedder;
 use anyhow::{bail, Result};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Which vectors a workspace indexes and searches (`EMBEDDING`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +42,13 @@ impl FromStr for EmbeddingKind {
 /// classifier that is not ImageNet-1k). A VLM caption, once stored, takes precedence here.
 pub fn image_text(labels: &[&str]) -> Option<String> {
     (!labels.is_empty()).then(|| labels.join(", "))
+}
+
+/// The cosine of two fused vectors from their visual and text cosines (see the module
+/// documentation): what [`fuse`] makes an index compute, for scoring without building one.
+pub fn blend(cos_visual: f32, cos_text: f32, w: f32) -> f32 {
+    let (a, b) = (w * w, (1.0 - w) * (1.0 - w));
+    (a * cos_visual + b * cos_text) / (a + b)
 }
 
 /// Checks a fusion weight: `w` is the visual share, 0–1.
@@ -72,7 +80,8 @@ pub fn fused_model_id(visual_id: &str, text_id: &str, w: f32) -> String {
 
 /// A text embedder with the weight it is fused at.
 pub struct Fusion {
-    pub text: TextEmbedder,
+    /// Shared with text search, which embeds its sentences with the same model.
+    pub text: Arc<TextEmbedder>,
     pub weight: f32,
 }
 
@@ -80,7 +89,10 @@ impl Fusion {
     /// Checks the weight: `w` is the visual share, 0–1.
     pub fn new(text: TextEmbedder, weight: f32) -> Result<Self> {
         check_weight(weight)?;
-        Ok(Self { text, weight })
+        Ok(Self {
+            text: Arc::new(text),
+            weight,
+        })
     }
 
     /// The fused space's id for a visual model.
@@ -112,8 +124,7 @@ mod tests {
             let (a, b) = (fuse(&va, &ta, w), fuse(&vb, &tb, w));
             assert_eq!(a.len(), 5);
             assert!((cos(&a, &a) - 1.0).abs() < 1e-6);
-            let blend = (w * w * cv + (1.0 - w) * (1.0 - w) * ct) / (w * w + (1.0 - w) * (1.0 - w));
-            assert!((cos(&a, &b) - blend).abs() < 1e-6, "w={w}");
+            assert!((cos(&a, &b) - blend(cv, ct, w)).abs() < 1e-6, "w={w}");
         }
     }
 

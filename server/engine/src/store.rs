@@ -399,6 +399,26 @@ impl Store {
         self.vector_pairs_where(model, text_model, None)
     }
 
+    /// Every (entry, text embedding) of `model`'s rows whose text has an embedding under
+    /// `text_model`, in id order, the vectors row-major: the input to build a text index.
+    pub fn all_text_vectors(
+        &self,
+        model: &str,
+        text_model: &str,
+    ) -> Result<(Vec<Entry>, Vec<f32>)> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT i.id, i.split, i.category, t.embedding FROM images i {TEXT_JOIN}
+             WHERE i.model = :model ORDER BY i.id"
+        ))?;
+        let mut rows = st.query(named_params! {":model": model, ":text_model": text_model})?;
+        let (mut entries, mut data) = (Vec::new(), Vec::new());
+        while let Some(r) = rows.next()? {
+            entries.push(entry(r)?);
+            data.extend(from_blob(&r.get::<_, Vec<u8>>(3)?));
+        }
+        Ok((entries, data))
+    }
+
     /// [`Self::all_vector_pairs`] restricted to `ids`.
     pub fn vector_pairs_of(
         &self,

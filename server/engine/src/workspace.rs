@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+mod text_search;
+pub use text_search::{check_text, TextQuery, MAX_TEXT_CHARS};
+
 /// Least time between index checkpoints while indexing (the store commits every batch, so a
 /// crash costs only a rebuild from it): writing a large index after every batch would spend
 /// the job rewriting one file.
@@ -96,6 +99,8 @@ pub struct Workspace {
     writer: Mutex<()>,
     /// When the index was last made durable, and how long that took.
     last_checkpoint: Mutex<(Instant, Duration)>,
+    /// Search by text: its model and index.
+    text_side: text_search::TextSide,
 }
 
 /// A poisoned lock means a thread panicked mid-change; the store's transactions keep the data
@@ -117,7 +122,13 @@ impl Workspace {
                 settings.fusion_weight,
             )?),
         };
-        Self::open_configured(&settings.home, embedder, fusion, config)
+        let mut ws = Self::open_configured(&settings.home, embedder, fusion, config)?;
+        let text_settings = settings.clone();
+        ws.set_text_model(
+            move || crate::text::load_text_embedder(&text_settings),
+            settings.fusion_weight,
+        )?;
+        Ok(ws)
     }
 
     /// Opens the workspace in `home` with a loaded embedder, in the visual space.
@@ -179,6 +190,7 @@ impl Workspace {
             index_path,
             writer: Mutex::new(()),
             last_checkpoint: Mutex::new((Instant::now(), Duration::ZERO)),
+            text_side: Default::default(),
         };
         ws.backfill_texts()?;
         ws.load_or_rebuild_index()?;
@@ -207,7 +219,16 @@ impl Workspace {
     /// stored, so each is computed once). Needs a fused workspace.
     fn text_vectors(&self, items: &[(String, String)]) -> Result<Vec<Vec<f32>>> {
         let f = self.fusion.as_ref().context("not a fused workspace")?;
-        let text_model = f.text.model_id();
+        self.text_vectors_with(&f.text, items)
+    }
+
+    /// [`Self::text_vectors`] under the text model `text`.
+    fn text_vectors_with(
+        &self,
+        text: &crate::text::TextEmbedder,
+        items: &[(String, String)],
+    ) -> Result<Vec<Vec<f32>>> {
+        let text_model = text.model_id();
         let mut out = Vec::with_capacity(items.len());
         let mut missing = Vec::new();
         {
@@ -222,7 +243,7 @@ impl Workspace {
         }
         if !missing.is_empty() {
             let texts: Vec<&str> = missing.iter().map(|&i| items[i].1.as_str()).collect();
-            let vectors = f.text.embed(&texts)?;
+            let vectors = text.embed(&texts)?;
             let rows: Vec<(String, String, Vec<f32>)> = missing
                 .iter()
                 .zip(vectors)
@@ -888,6 +909,15 @@ impl Workspace {
         self.remove_ids_locked(&gone)
     }
 
+    /// The backbone's embedding of image bytes (any supported format): the visual space
+    /// whatever this workspace indexes.
+    pub fn embed_visual_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
+        let spec = self.embedder.preprocess_spec();
+        let img = decode_for(bytes, MAX_PIXELS, spec.resize_shorter)?.image;
+        let data = crate::preprocess::preprocess(&img, &spec);
+        Ok(self.embedder.embed_preprocessed(&data, 1)?.remove(0))
+    }
+
     /// Embeds image bytes (any supported format) into this workspace's space.
     pub fn embed_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         let spec = self.embedder.preprocess_spec();
@@ -935,21 +965,7 @@ impl Workspace {
         } else {
             hits
         };
-        let ids: Vec<i64> = hits.iter().map(|h| h.id).collect();
-        let rows = self.store().rows(&ids)?;
-        Ok(hits
-            .into_iter()
-            .filter_map(|h| {
-                rows.get(&h.id).map(|r: &ImageRow| Neighbour {
-                    id: h.id,
-                    path: r.path.clone(),
-                    hash: r.hash.clone(),
-                    split: r.split.clone(),
-                    category: r.category.clone(),
-                    score: h.score,
-                })
-            })
-            .collect())
+        self.neighbours(hits)
     }
 }
 

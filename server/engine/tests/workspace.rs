@@ -334,3 +334,88 @@ fn ivfpq_searches_are_reranked_from_the_store() {
         "without re-ranking the scores are the codes'"
     );
 }
+
+/// Search by text over the real photos of the golden set among synthetic images: the words
+/// find the image whose labels say them (EfficientNet-Lite0's labels, all-MiniLM-L6-v2), the
+/// filters hold, an example image fused with words scores the fused space's blend, and a
+/// visual workspace and a fused one give the same fused scores.
+#[test]
+fn search_by_text_alone_and_with_an_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["red", "green"], 3);
+    let golden = common::shared_dir().join("golden");
+    for (category, photo) in [("drinks", "coffee.png"), ("animals", "chelsea.png")] {
+        std::fs::create_dir_all(data.join(category)).unwrap();
+        std::fs::copy(golden.join(photo), data.join(category).join(photo)).unwrap();
+    }
+    let files = scan(&data).unwrap();
+    let home = tmp.path().join("home");
+    let mut ws = Workspace::open_with(&home, effnet(), IndexKind::Flat).unwrap();
+    assert_eq!(ws.index_files(&files, 4, &|_| {}).unwrap().embedded, 8);
+
+    // A visual workspace has no text model until it is given one.
+    let q = |text: &str| kadr_engine::workspace::TextQuery {
+        text: text.into(),
+        image: None,
+    };
+    let err = ws.search_text(&q("a cat"), 3, &Filter::all()).unwrap_err();
+    assert!(format!("{err:#}").contains("no text model"), "{err:#}");
+    ws.set_text_model(
+        || TextEmbedder::load(&common::minilm_dir(), "all-minilm-l6-v2", Device::Cpu, 8),
+        0.7,
+    )
+    .unwrap();
+
+    let top = |text: &str, filter: &Filter| ws.search_text(&q(text), 8, filter).unwrap();
+    let hits = top("a cup of espresso", &Filter::all());
+    assert!(hits[0].path.ends_with("coffee.png"), "{hits:?}");
+    assert_eq!(hits.len(), 8);
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    let hits = top("a tabby cat", &Filter::all());
+    assert!(hits[0].path.ends_with("chelsea.png"), "{hits:?}");
+    assert!(hits[0].score > hits[1].score + 0.05, "{hits:?}");
+    let hits = top("a tabby cat", &Filter::parse("", "drinks,red"));
+    assert!(hits
+        .iter()
+        .all(|h| h.category == "drinks" || h.category == "red"));
+    assert_eq!(hits.len(), 4);
+    for bad in ["", "   ", &"x".repeat(1001)] {
+        assert!(
+            ws.search_text(&q(bad), 3, &Filter::all()).is_err(),
+            "{bad:?}"
+        );
+    }
+
+    // With an example image: the score is the blend of the visual and text cosines.
+    let coffee = std::fs::read(data.join("drinks/coffee.png")).unwrap();
+    let v = ws.embed_visual_bytes(&coffee).unwrap();
+    let with = kadr_engine::workspace::TextQuery {
+        text: "a tabby cat".into(),
+        image: Some(v.clone()),
+    };
+    let fused_hits = ws.search_text(&with, 8, &Filter::all()).unwrap();
+    let text_hits = top("a tabby cat", &Filter::all());
+    let image_hits = ws.search(&v, 8, &Filter::all()).unwrap();
+    for h in &fused_hits {
+        let cv = image_hits.iter().find(|i| i.id == h.id).unwrap().score;
+        let ct = text_hits.iter().find(|t| t.id == h.id).unwrap().score;
+        let want = kadr_engine::fusion::blend(cv, ct, 0.7);
+        assert!((h.score - want).abs() < 1e-4, "{h:?}: {want}");
+    }
+    assert!(fused_hits[0].path.ends_with("coffee.png"), "{fused_hits:?}");
+    drop(ws);
+
+    // The fused workspace at the same weight gives the same fused scores.
+    let fused = Workspace::open_fused(&home, effnet(), Some(fusion(0.7)), IndexKind::Flat).unwrap();
+    let again = fused.search_text(&with, 8, &Filter::all()).unwrap();
+    assert_eq!(again.len(), fused_hits.len());
+    for (a, b) in again.iter().zip(&fused_hits) {
+        assert_eq!(a.id, b.id);
+        assert!((a.score - b.score).abs() < 1e-4, "{a:?} {b:?}");
+    }
+    let hits = fused
+        .search_text(&q("a cup of espresso"), 3, &Filter::all())
+        .unwrap();
+    assert!(hits[0].path.ends_with("coffee.png"), "{hits:?}");
+}
