@@ -14,6 +14,7 @@ pub mod charts;
 pub mod dashboard;
 pub mod dataset;
 pub mod errors;
+pub mod search;
 pub mod tuning;
 /// The data and vote shared with the engine (crate `kadr-types`).
 pub use kadr_types::{dupes, expand, types, vote};
@@ -103,6 +104,15 @@ pub mod backend {
         /// Exact and near (at `threshold`) duplicates among the served folders' images, the
         /// first `limit` pairs.
         fn dupes(&self, threshold: f32, limit: usize) -> Result<DupesReport, ApiError>;
+        /// The `k` indexed images `filter` lets through whose texts are most like `text`,
+        /// fused with the image of content `hash` (an upload or an indexed image) when given.
+        fn search_text(
+            &self,
+            text: &str,
+            hash: Option<&str>,
+            k: usize,
+            filter: &Filter,
+        ) -> Result<TextSearch, ApiError>;
         /// Starts a background job.
         fn start_job(&self, req: JobRequest) -> Result<JobStatus, ApiError>;
         /// One job's progress.
@@ -172,6 +182,9 @@ pub fn App() -> impl IntoView {
                     <A href="/" attr:class="text-sm text-slate-600 hover:text-slate-900">
                         "Analyse"
                     </A>
+                    <A href="/search" attr:class="text-sm text-slate-600 hover:text-slate-900">
+                        "Search"
+                    </A>
                     <A href="/dashboard" attr:class="text-sm text-slate-600 hover:text-slate-900">
                         "Dashboard"
                     </A>
@@ -188,6 +201,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=analyse::AnalysePage ssr=SsrMode::Async />
                     // Async: the result is in the first HTML, so the page works with JS off.
                     <Route path=path!("/a/:hash") view=analyse::ResultPage ssr=SsrMode::Async />
+                    <Route path=path!("/search") view=search::SearchPage ssr=SsrMode::Async />
                     <Route path=path!("/dashboard") view=dashboard::DashboardPage ssr=SsrMode::Async />
                     <Route path=path!("/dataset") view=dataset::DatasetPage ssr=SsrMode::Async />
                 </Routes>

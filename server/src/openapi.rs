@@ -112,6 +112,7 @@ pub fn document() -> Value {
     let stats = schema::<Stats>(&mut g);
     let choice = schema::<CategoryChoice>(&mut g);
     let dupes = schema::<app::dupes::DupesReport>(&mut g);
+    let text_search = schema::<TextSearch>(&mut g);
     let job = schema::<JobStatus>(&mut g);
     let jobs = schema::<Vec<JobStatus>>(&mut g);
     let job_request = schema::<JobRequest>(&mut g);
@@ -213,6 +214,18 @@ pub fn document() -> Value {
                     query("limit", "pairs answered at most (the counts cover all)", json!({"type": "integer", "minimum": 1, "maximum": app::dupes::MAX_PAIRS}), false)
                 ],
                 "responses": with(json!({ "200": ok("the duplicates", "application/json", dupes) }), errors(&[422, 500]))
+            }},
+            "/api/v1/search": { "get": {
+                "summary": "Search by text: the indexed images whose texts are most like a sentence, optionally fused with an example image",
+                "description": "Each indexed image's text (its backbone labels) is embedded by the text model (all-MiniLM-L6-v2 by default) and compared with the sentence's embedding by cosine similarity. With `hash` (an upload or an indexed image), the score is the fused space's: (w²·cos_visual + (1−w)²·cos_text) / (w² + (1−w)²) at FUSION_WEIGHT w. From the stored vectors: only the sentence is embedded.",
+                "parameters": [
+                    query("q", "the sentence", json!({"type": "string", "minLength": 1, "maxLength": app::types::MAX_SEARCH_TEXT}), true),
+                    query("hash", "content hash of an example image to fuse with the sentence", json!({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}), false),
+                    query("k", "results (default 20)", json!({"type": "integer", "minimum": 1, "maximum": app::types::MAX_K}), false),
+                    query("split", "only these splits (comma-separated)", json!({"type": "string"}), false),
+                    query("category", "only these categories (comma-separated)", json!({"type": "string"}), false)
+                ],
+                "responses": with(json!({ "200": ok("the images found", "application/json", text_search) }), errors(&[404, 422, 500]))
             }},
             "/api/v1/jobs": { "post": {
                 "summary": "Start a job: add a dataset folder, re-index, evaluate",

@@ -3,6 +3,7 @@
 use super::items::*;
 use super::server::*;
 use crate::errors::ApiError;
+use crate::search::SearchBox;
 use crate::tuning::{use_tuning, TuningPanel};
 use crate::types::*;
 use leptos::prelude::*;
@@ -660,7 +661,10 @@ fn ResultView(defaults: UiDefaults, analysis: Arc<Analysis>) -> impl IntoView {
                         .map(|c| view! { <span class="text-slate-500">{format!("Indexed image, filed under {c}")}</span> })}
                     <ExportLinks hashes tuning choice />
                 </div>
-                <ResultCard analysis tuning choice />
+                <ResultCard analysis=analysis.clone() tuning choice />
+                <div class="max-w-xl" data-testid="refine">
+                    <SearchBox text=String::new() hash=Some(analysis.hash.clone()) label="Refine with words" />
+                </div>
             </section>
             <aside>
                 <TuningPanel tuning />

@@ -10,6 +10,7 @@
 pub mod dashboard;
 mod folders;
 mod jobs;
+mod search;
 mod uploads;
 
 use crate::history::History;
@@ -438,6 +439,16 @@ impl app::backend::Backend for EngineBackend {
 
     fn dupes(&self, threshold: f32, limit: usize) -> Result<app::dupes::DupesReport, ApiError> {
         self.duplicates(threshold, limit)
+    }
+
+    fn search_text(
+        &self,
+        text: &str,
+        hash: Option<&str>,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<TextSearch, ApiError> {
+        self.text_search(text, hash, k, filter)
     }
 
     fn start_job(&self, request: JobRequest) -> Result<JobStatus, ApiError> {

@@ -366,6 +366,27 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// Longest sentence a text search takes, in characters.
+pub const MAX_SEARCH_TEXT: usize = 1000;
+
+/// The answer to a search by text (`GET /api/v1/search`): the indexed images whose texts are
+/// most like the sentence, or (with an example image) most like the image and the sentence
+/// together.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TextSearch {
+    /// The sentence searched for, trimmed.
+    pub text: String,
+    /// Content hash of the example image fused with it, if any.
+    pub example: Option<String>,
+    /// Best first; scores are cosine similarities (fused ones with an example image).
+    pub hits: Vec<Hit>,
+    /// The text model that embedded the sentence and the images' texts.
+    pub text_model: String,
+    /// Time the search took, in milliseconds.
+    pub search_ms: f32,
+}
+
 /// Where the text analysis comes from.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
