@@ -36,12 +36,7 @@ fn enc(s: &str) -> String {
 fn search_by_text_in_the_api_the_page_and_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    common::synthetic_dataset(&data, &["red", "green"], 3);
-    let golden = common::shared_dir().join("golden");
-    for (category, photo) in [("drinks", "coffee.png"), ("animals", "chelsea.png")] {
-        std::fs::create_dir_all(data.join(category)).unwrap();
-        std::fs::copy(golden.join(photo), data.join(category).join(photo)).unwrap();
-    }
+    common::photos_among_synthetic(&data);
     let home = tmp.path().join("home");
     let text_model = minilm_dir();
     let env = [

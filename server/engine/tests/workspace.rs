@@ -343,12 +343,7 @@ fn ivfpq_searches_are_reranked_from_the_store() {
 fn search_by_text_alone_and_with_an_image() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    common::synthetic_dataset(&data, &["red", "green"], 3);
-    let golden = common::shared_dir().join("golden");
-    for (category, photo) in [("drinks", "coffee.png"), ("animals", "chelsea.png")] {
-        std::fs::create_dir_all(data.join(category)).unwrap();
-        std::fs::copy(golden.join(photo), data.join(category).join(photo)).unwrap();
-    }
+    common::photos_among_synthetic(&data);
     let files = scan(&data).unwrap();
     let home = tmp.path().join("home");
     let mut ws = Workspace::open_with(&home, effnet(), IndexKind::Flat).unwrap();

@@ -33,16 +33,7 @@ impl EngineBackend {
         Ok(TextSearch {
             text: text.to_string(),
             example: hash.map(str::to_string),
-            hits: found
-                .into_iter()
-                .map(|n| Hit {
-                    hash: n.hash,
-                    path: self.relative(&n.path),
-                    split: n.split,
-                    category: n.category,
-                    score: n.score,
-                })
-                .collect(),
+            hits: found.into_iter().map(|n| self.hit(n)).collect(),
             text_model,
             search_ms: ms(t),
         })

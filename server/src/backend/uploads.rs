@@ -102,16 +102,18 @@ impl EngineBackend {
             .ws
             .search_expanded(embedding, MAX_K, filter, qe)
             .map_err(internal)?;
-        Ok(found
-            .into_iter()
-            .map(|n| Hit {
-                hash: n.hash,
-                path: self.relative(&n.path),
-                split: n.split,
-                category: n.category,
-                score: n.score,
-            })
-            .collect())
+        Ok(found.into_iter().map(|n| self.hit(n)).collect())
+    }
+
+    /// A neighbour as the web app shows it, its path relative to its folder.
+    pub(super) fn hit(&self, n: kadr_engine::workspace::Neighbour) -> Hit {
+        Hit {
+            hash: n.hash,
+            path: self.relative(&n.path),
+            split: n.split,
+            category: n.category,
+            score: n.score,
+        }
     }
 
     /// The analysis of a stored record: searched now (the index may have grown), with

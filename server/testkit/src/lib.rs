@@ -84,6 +84,18 @@ pub fn synthetic_dataset(root: &Path, categories: &[&str], per: usize) {
     }
 }
 
+/// A set for text search: `red/` and `green/` synthetic images (3 each) with the two real
+/// photos of the golden set, `drinks/coffee.png` (an espresso) and `animals/chelsea.png` (a
+/// tabby cat).
+pub fn photos_among_synthetic(root: &Path) {
+    synthetic_dataset(root, &["red", "green"], 3);
+    let golden = shared_dir().join("golden");
+    for (category, photo) in [("drinks", "coffee.png"), ("animals", "chelsea.png")] {
+        std::fs::create_dir_all(root.join(category)).unwrap();
+        std::fs::copy(golden.join(photo), root.join(category).join(photo)).unwrap();
+    }
+}
+
 /// Largest absolute element-wise difference of two tensors of one shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
