@@ -7,7 +7,7 @@
 
 use crate::analyse::ErrorBox;
 use crate::errors::ApiError;
-use crate::types::{TextSearch, MAX_K, MAX_SEARCH_TEXT};
+use crate::types::{TextSearch, MAX_SEARCH_TEXT};
 use leptos::prelude::*;
 use leptos::server_fn::codec::GetUrl;
 use leptos_router::hooks::use_query_map;
@@ -26,22 +26,13 @@ pub async fn search_text(
     #[server(default)] split: Option<String>,
     #[server(default)] category: Option<String>,
 ) -> Result<TextSearch, ApiError> {
-    let text = q.trim().to_string();
-    if text.is_empty() {
-        return Err(ApiError::invalid("q", "the text to search for is empty"));
-    }
-    let n = text.chars().count();
-    if n > MAX_SEARCH_TEXT {
-        return Err(ApiError::invalid(
-            "q",
-            format!("{n} characters; at most {MAX_SEARCH_TEXT}"),
-        ));
-    }
+    use crate::types::{check_search_text, is_content_hash, MAX_K};
+    let text = check_search_text(&q)
+        .map_err(|why| ApiError::invalid("q", why))?
+        .to_string();
     let hash = match hash.filter(|h| !h.is_empty()) {
         None => None,
-        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Some(h.to_ascii_lowercase())
-        }
+        Some(h) if is_content_hash(&h) => Some(h.to_ascii_lowercase()),
         Some(_) => {
             return Err(ApiError::invalid(
                 "hash",

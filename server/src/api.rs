@@ -55,7 +55,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(backend: EngineBackend) -> Route
 }
 
 fn check_hash(hash: &str) -> Result<String, ApiError> {
-    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if app::types::is_content_hash(hash) {
         Ok(hash.to_ascii_lowercase())
     } else {
         Err(ApiError::invalid(

@@ -53,17 +53,7 @@ fn neighbours(home: &Path, weights: &Path, query: &Path) -> Vec<(String, f64)> {
         .args(["search", "--json", "-k", "12"])
         .arg(query));
     let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    let mut n: Vec<(String, f64)> = v["neighbours"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["path"].as_str().unwrap().to_string(),
-                h["score"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let mut n = common::path_scores(&v["neighbours"]);
     n.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     n
 }

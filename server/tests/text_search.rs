@@ -10,17 +10,7 @@ use common::server::Server;
 use common::{effnet_weights, minilm_dir};
 
 fn hits(v: &serde_json::Value) -> Vec<(String, f64)> {
-    v["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["path"].as_str().unwrap().to_string(),
-                h["score"].as_f64().unwrap(),
-            )
-        })
-        .collect()
+    common::path_scores(&v["hits"])
 }
 
 fn enc(s: &str) -> String {
@@ -90,17 +80,7 @@ fn search_by_text_in_the_api_the_page_and_the_cli() {
     );
     let cli: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
-    let cli_hits: Vec<(String, f64)> = cli["neighbours"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["path"].as_str().unwrap().to_string(),
-                h["score"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let cli_hits = common::path_scores(&cli["neighbours"]);
     assert_eq!(cli_hits.len(), 2);
     for (c, a) in cli_hits.iter().zip(&found) {
         assert!(c.0.ends_with(&a.0), "{c:?} {a:?}");

@@ -191,7 +191,7 @@ pub async fn get_analysis(
     #[server(default)] qe: Option<usize>,
     #[server(default)] qa: Option<f32>,
 ) -> Result<Analysis, ApiError> {
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !crate::types::is_content_hash(&hash) {
         return Err(ApiError::invalid(
             "hash",
             "must be 64 hexadecimal characters",

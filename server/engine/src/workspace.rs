@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 mod text_search;
-pub use text_search::{check_text, TextQuery, MAX_TEXT_CHARS};
+pub use text_search::TextQuery;
 
 /// Least time between index checkpoints while indexing (the store commits every batch, so a
 /// crash costs only a rebuild from it): writing a large index after every batch would spend

@@ -112,8 +112,7 @@ fn reconcile_uploads(dir: &std::path::Path, history: &History) -> anyhow::Result
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let is_hash = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-        if !is_hash || !history.has_hash(&name)? {
+        if !is_content_hash(&name) || !history.has_hash(&name)? {
             std::fs::remove_file(entry.path())
                 .with_context(|| format!("removing {}", entry.path().display()))?;
             removed += 1;

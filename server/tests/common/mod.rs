@@ -6,6 +6,21 @@ pub mod server;
 
 pub use kadr_testkit::*;
 
+/// The (path, score) of each hit in a JSON list of them (`neighbours` of `kadr search
+/// --json`, `hits` of the API), in order.
+pub fn path_scores(list: &serde_json::Value) -> Vec<(String, f64)> {
+    list.as_array()
+        .expect("a list of hits")
+        .iter()
+        .map(|h| {
+            (
+                h["path"].as_str().unwrap().to_string(),
+                h["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Runs the `kadr` binary with the real EfficientNet-Lite0 weights in workspace `home`,
 /// without the caller's model, device or embedding settings.
 pub fn kadr_effnet(home: &std::path::Path, args: &[&str]) -> std::process::Output {

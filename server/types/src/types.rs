@@ -369,6 +369,27 @@ pub struct Hit {
 /// Longest sentence a text search takes, in characters.
 pub const MAX_SEARCH_TEXT: usize = 1000;
 
+/// Checks a text search's sentence: something besides white space, at most
+/// [`MAX_SEARCH_TEXT`] characters. Returns it trimmed, or why not.
+pub fn check_search_text(text: &str) -> Result<&str, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("the text to search for is empty".into());
+    }
+    let n = t.chars().count();
+    if n > MAX_SEARCH_TEXT {
+        return Err(format!(
+            "the text to search for has {n} characters; at most {MAX_SEARCH_TEXT}"
+        ));
+    }
+    Ok(t)
+}
+
+/// Whether `s` is a content hash: 64 hexadecimal characters (either case).
+pub fn is_content_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The answer to a search by text (`GET /api/v1/search`): the indexed images whose texts are
 /// most like the sentence, or (with an example image) most like the image and the sentence
 /// together.

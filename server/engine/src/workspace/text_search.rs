@@ -17,11 +17,9 @@ use crate::index::faiss::{FaissIndex, FaissParams};
 use crate::index::{Filter, Hit, VectorIndex};
 use crate::text::TextEmbedder;
 use anyhow::{bail, Context, Result};
+use kadr_types::types::check_search_text;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// Longest sentence searched, in characters (the text model reads 256 tokens at most).
-pub const MAX_TEXT_CHARS: usize = 1000;
 
 /// Candidates taken per wanted result from each side of a text + image search.
 const CANDIDATES_PER_RESULT: usize = 10;
@@ -34,19 +32,6 @@ pub struct TextQuery {
     /// An example image's visual embedding ([`Workspace::embed_visual_bytes`]), fused with the
     /// sentence when given.
     pub image: Option<Vec<f32>>,
-}
-
-/// Checks a sentence: not empty, not too long. Returns it trimmed.
-pub fn check_text(text: &str) -> Result<&str> {
-    let t = text.trim();
-    if t.is_empty() {
-        bail!("the text to search for is empty");
-    }
-    let n = t.chars().count();
-    if n > MAX_TEXT_CHARS {
-        bail!("the text to search for has {n} characters; at most {MAX_TEXT_CHARS}");
-    }
-    Ok(t)
 }
 
 /// How a workspace finds its text model for text search, and the text index it keeps.
@@ -108,7 +93,7 @@ impl Workspace {
     /// The `k` indexed images whose texts (fused with the example image, if any) are most
     /// similar to the query, among those `filter` lets through, best first.
     pub fn search_text(&self, q: &TextQuery, k: usize, filter: &Filter) -> Result<Vec<Neighbour>> {
-        let text = check_text(&q.text)?;
+        let text = check_search_text(&q.text).map_err(anyhow::Error::msg)?;
         let model = self.text_model()?;
         let t = model.embed(&[text])?.remove(0);
         if let (Some(v), Some(f)) = (&q.image, &self.fusion) {
