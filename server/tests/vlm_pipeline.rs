@@ -1,99 +1,15 @@
 //! End-to-end test of `Qwen2Vl::load` + `caption` + `zero_shot` on the tiny golden weights with
 //! a small word-level tokenizer whose special tokens sit at the tiny config's ids.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use image::RgbImage;
 use kadr_models::vlm::processor::Qwen2Vl;
 use kadr_models::vlm::qwen2vl::LabelScore;
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-const WORDS: &[&str] = &[
-    "system",
-    "You",
-    "are",
-    "a",
-    "helpful",
-    "assistant",
-    ".",
-    "user",
-    "Describe",
-    "this",
-    "image",
-    "in",
-    "one",
-    "sentence",
-    "What",
-    "is",
-    "?",
-    "Answer",
-    "with",
-    "category",
-    "cat",
-    "dog",
-    "red",
-    "car",
-];
-
-fn tokenizer_json() -> String {
-    let specials = [
-        (247, "<|im_start|>"),
-        (248, "<|im_end|>"),
-        (249, "<|endoftext|>"),
-        (250, "<|image_pad|>"),
-        (252, "<|vision_start|>"),
-        (253, "<|vision_end|>"),
-    ];
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("[UNK]".into(), 0.into());
-    for (i, w) in WORDS.iter().enumerate() {
-        vocab.insert(w.to_string(), (10 + i).into());
-    }
-    for (id, t) in specials {
-        vocab.insert(t.into(), id.into());
-    }
-    let added: Vec<serde_json::Value> = specials
-        .iter()
-        .map(|(id, t)| {
-            serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    })
-    .to_string()
-}
-
-/// A model folder in hub layout built from the golden file.
+/// A model folder in hub layout built from the golden file (see the test kit).
 fn model_dir() -> PathBuf {
-    let root = common::shared_dir();
-    let golden = root.join("golden");
-    // One folder per call: the tests run at once and some remove theirs.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("qwen2vl-tiny-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let all = candle_core::safetensors::load(golden.join("qwen2vl_tiny.safetensors"), &Device::Cpu)
-        .unwrap();
-    let weights: HashMap<String, Tensor> = all
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix("weights.").map(|k| (k.to_string(), v)))
-        .collect();
-    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden.join("qwen2vl_tiny.json")).unwrap())
-            .unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        json["config_json_like_hub"].to_string(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).unwrap();
-    dir
+    common::tiny_qwen2vl_dir()
 }
 
 fn image(seed: u32, w: u32, h: u32) -> RgbImage {
@@ -195,20 +111,22 @@ fn the_server_captions_and_labels_uploads_with_the_vlm() {
     let embedder =
         kadr_engine::embed::Embedder::load("convnext_test", &weights, Device::Cpu, 4).unwrap();
     let home = tmp.path().join("home");
-    let ws = kadr_engine::workspace::Workspace::open_with(
+    let vlm = Qwen2Vl::load(&model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let vlm = std::sync::Arc::new(kadr_engine::vlm::Vlm::new(vlm, 4));
+    let ws = kadr_engine::workspace::Workspace::open_with_vlm(
         &home,
         embedder,
-        kadr_engine::index::IndexKind::Flat,
+        None,
+        Some(vlm.clone()),
+        kadr_engine::index::IndexConfig::faiss(kadr_engine::index::IndexKind::Flat),
     )
     .unwrap();
     kadr_engine::jobs::index_folder(&ws, &data, 4, &|_, _| {}).unwrap();
+    // Every indexed image was captioned, once per content.
+    assert_eq!(vlm.captions_made(), 9);
     let mut settings = kadr_engine::settings::Settings::from_env().unwrap();
     settings.home = home;
-    settings.caption_tokens = 4;
-    let vlm = Qwen2Vl::load(&model_dir(), &Device::Cpu, DType::F32).unwrap();
-    let backend =
-        kadr::backend::EngineBackend::with_vlm(ws, &settings, vec![data.clone()], Some(vlm))
-            .unwrap();
+    let backend = kadr::backend::EngineBackend::new(ws, &settings, vec![data.clone()]).unwrap();
     assert!(backend.defaults().vlm);
 
     let query = tmp.path().join("q.png");

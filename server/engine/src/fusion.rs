@@ -24,6 +24,8 @@ pub enum EmbeddingKind {
     Visual,
     /// Visual ⊕ text, see the module documentation.
     Fused,
+    /// The VLM's pooled hidden states (`crate::vlm`; needs a VLM).
+    Vlm,
 }
 
 impl FromStr for EmbeddingKind {
@@ -32,16 +34,40 @@ impl FromStr for EmbeddingKind {
         match s.to_ascii_lowercase().as_str() {
             "visual" => Ok(Self::Visual),
             "fused" => Ok(Self::Fused),
-            _ => bail!("unknown EMBEDDING {s:?}: use visual or fused"),
+            "vlm" => Ok(Self::Vlm),
+            _ => bail!("unknown EMBEDDING {s:?}: use visual, fused or vlm"),
         }
     }
 }
 
-/// The text an image is described by: for now the backbone's top ImageNet labels, most
-/// probable first ("espresso, cup, coffee mug, …"). `None` when there is nothing to say (a
-/// classifier that is not ImageNet-1k). A VLM caption, once stored, takes precedence here.
+/// The backbone's top ImageNet labels as text, most probable first ("espresso, cup, coffee
+/// mug, …"): an image's text without a VLM. `None` when there is nothing to say (a classifier
+/// that is not ImageNet-1k).
 pub fn image_text(labels: &[&str]) -> Option<String> {
     (!labels.is_empty()).then(|| labels.join(", "))
+}
+
+/// Between a caption and the labels in an image's text.
+pub const CAPTION_SEPARATOR: &str = "\n";
+
+/// An image's text with a VLM: its caption first, then the labels when it has any
+/// ("A cup of coffee on a table.\nespresso, cup, coffee mug"). `None` until it has a caption.
+/// The store computes the same text in SQL (`store::TextKey`).
+pub fn image_text_with(caption: Option<&str>, labels: Option<&str>) -> Option<String> {
+    let caption = caption?;
+    Some(match labels {
+        Some(l) => format!("{caption}{CAPTION_SEPARATOR}{l}"),
+        None => caption.to_string(),
+    })
+}
+
+/// An image's text: [`image_text_with`] when captions are made (`captioned`), else the labels.
+pub fn text_of(captioned: bool, caption: Option<&str>, labels: Option<&str>) -> Option<String> {
+    if captioned {
+        image_text_with(caption, labels)
+    } else {
+        labels.map(str::to_string)
+    }
 }
 
 /// The cosine of two fused vectors from their visual and text cosines (see the module
@@ -72,10 +98,13 @@ pub fn fuse(visual: &[f32], text: &[f32], w: f32) -> Vec<f32> {
     out
 }
 
-/// The id of a fused space: both model ids and the weight, so vectors of different models or
-/// weights never share an index.
-pub fn fused_model_id(visual_id: &str, text_id: &str, w: f32) -> String {
-    format!("fused({visual_id}+{text_id},w={w:.2})")
+/// The id of a fused space: the model ids (the captioning VLM's too, when the texts have
+/// captions) and the weight, so vectors of different models or weights never share an index.
+pub fn fused_model_id(visual_id: &str, text_id: &str, vlm: Option<&str>, w: f32) -> String {
+    match vlm {
+        None => format!("fused({visual_id}+{text_id},w={w:.2})"),
+        Some(vlm) => format!("fused({visual_id}+{text_id}+{vlm},w={w:.2})"),
+    }
 }
 
 /// A text embedder with the weight it is fused at.
@@ -95,9 +124,9 @@ impl Fusion {
         })
     }
 
-    /// The fused space's id for a visual model.
-    pub fn model_id(&self, visual_id: &str) -> String {
-        fused_model_id(visual_id, self.text.model_id(), self.weight)
+    /// The fused space's id for a visual model, with texts captioned by `vlm` if given.
+    pub fn model_id(&self, visual_id: &str, vlm: Option<&str>) -> String {
+        fused_model_id(visual_id, self.text.model_id(), vlm, self.weight)
     }
 
     /// One image's fused vector.
@@ -142,8 +171,25 @@ mod tests {
         );
         assert_eq!(image_text(&[]), None);
         assert_eq!(
-            fused_model_id("effnet@ab", "minilm@cd", 0.8),
+            fused_model_id("effnet@ab", "minilm@cd", None, 0.8),
             "fused(effnet@ab+minilm@cd,w=0.80)"
+        );
+        assert_eq!(
+            fused_model_id("effnet@ab", "minilm@cd", Some("qwen@ef"), 0.8),
+            "fused(effnet@ab+minilm@cd+qwen@ef,w=0.80)"
+        );
+        assert_eq!(
+            image_text_with(Some("A cup."), Some("cup, mug")).as_deref(),
+            Some("A cup.\ncup, mug")
+        );
+        assert_eq!(
+            image_text_with(Some("A cup."), None).as_deref(),
+            Some("A cup.")
+        );
+        assert_eq!(image_text_with(None, Some("cup")), None);
+        assert_eq!(
+            text_of(false, Some("A cup."), Some("cup")).as_deref(),
+            Some("cup")
         );
     }
 }

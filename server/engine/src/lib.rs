@@ -6,7 +6,8 @@
 //! [`submit`]. [`dataset`] finds labelled images on
 //! disk, [`jobs`] runs the stages over folders, [`settings`] is the one typed configuration;
 //! [`csv_safe`] writes CSV a spreadsheet will not run; [`head`] learns the categories from
-//! the stored vectors; [`dupes`] finds copies among them and what they leak.
+//! the stored vectors; [`dupes`] finds copies among them and what they leak; [`vlm`] is the
+//! one loaded vision-language model, captioning what is indexed and what is uploaded.
 
 pub mod batcher;
 pub mod csv_safe;
@@ -25,5 +26,6 @@ pub mod settings;
 pub mod store;
 pub mod submit;
 pub mod text;
+pub mod vlm;
 pub mod vote;
 pub mod workspace;

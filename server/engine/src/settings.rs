@@ -450,7 +450,8 @@ pub struct Settings {
         global = true
     )]
     pub text_model_path: Option<PathBuf>,
-    /// What index, search, eval, submit and serve use: visual, or fused (visual ⊕ text)
+    /// What index, search, eval, submit and serve use: visual, fused (visual ⊕ text), or vlm
+    /// (the VLM's pooled hidden states; needs VLM or VLM_PATH)
     #[arg(
         long,
         env = "EMBEDDING",
@@ -469,6 +470,19 @@ pub struct Settings {
     /// Local folder of the VLM (config.json, tokenizer.json, safetensors); turns the VLM on
     #[arg(long, env = "VLM_PATH", value_name = "VLM_PATH", global = true)]
     pub vlm_path: Option<PathBuf>,
+    /// Which pooled hidden states make an EMBEDDING=vlm vector: image (its tokens) or prompt
+    #[arg(
+        long,
+        env = "VLM_POOL",
+        value_name = "VLM_POOL",
+        value_enum,
+        default_value = "image",
+        global = true
+    )]
+    pub vlm_pool: crate::vlm::VlmPool,
+    /// With a VLM, caption every image indexed (its text is then caption and labels): on or off
+    #[arg(long, env = "INDEX_CAPTIONS", value_name = "INDEX_CAPTIONS", default_value = "on", action = ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), global = true)]
+    pub index_captions: bool,
     /// New tokens per caption
     #[arg(long, env = "CAPTION_TOKENS", value_name = "CAPTION_TOKENS", default_value_t = DEFAULT_CAPTION_TOKENS, value_parser = check::between("CAPTION_TOKENS", 1usize, 4096), global = true)]
     pub caption_tokens: usize,

@@ -5,9 +5,10 @@
 //! that can always be rebuilt. WAL mode; every batch of inserts is one transaction, so a crash
 //! loses at most the batch in flight.
 
+use crate::fusion::CAPTION_SEPARATOR;
 use crate::index::Entry;
 use anyhow::{Context, Result};
-use rusqlite::{named_params, params, Connection, OptionalExtension};
+use rusqlite::{named_params, params, Connection, OptionalExtension, ToSql};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -55,11 +56,59 @@ pub fn from_blob(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// Joins an image row `i` to the embedding `t` of its text under the text model `:text_model`.
-/// The text of an image is its labels; a caption column, when one comes, goes first here
-/// (`coalesce(i.caption, i.labels)`).
-const TEXT_JOIN: &str = "JOIN text_embeddings t
-    ON t.hash = i.hash AND t.text_model = :text_model AND t.text = i.labels";
+/// Which text of an image a text embedding is of: the backbone's labels, or with a VLM its
+/// caption under that VLM followed by the labels (`fusion::image_text_with`), and under which
+/// text model it is embedded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextKey<'a> {
+    pub text_model: &'a str,
+    /// The captioning VLM's id ([`crate::vlm::Vlm::id`]); `None`: the labels alone.
+    pub vlm: Option<&'a str>,
+}
+
+impl<'a> TextKey<'a> {
+    /// The labels' text under `text_model`.
+    pub fn labels(text_model: &'a str) -> Self {
+        Self {
+            text_model,
+            vlm: None,
+        }
+    }
+
+    /// The named parameters of [`text_of!`] and [`TEXT_JOIN`], then `more`.
+    fn params<'p>(&'p self, more: &[(&'p str, &'p dyn ToSql)]) -> Vec<(&'p str, &'p dyn ToSql)> {
+        let mut p: Vec<(&str, &dyn ToSql)> = vec![
+            (":text_model", &self.text_model),
+            (":vlm", &self.vlm),
+            (":sep", &CAPTION_SEPARATOR),
+        ];
+        p.extend_from_slice(more);
+        p
+    }
+}
+
+/// The SQL form of `fusion::image_text_with` for an image row `i` and its caption row `c`:
+/// the labels without a VLM; with one, the caption (NULL until there is one) and the labels.
+macro_rules! text_of {
+    () => {
+        "(CASE WHEN :vlm IS NULL THEN i.labels ELSE c.caption || coalesce(:sep || i.labels, '') END)"
+    };
+}
+
+/// An image row `i`'s caption `c` under `:vlm`, if any.
+macro_rules! caption_join {
+    () => {
+        "LEFT JOIN captions c ON c.hash = i.hash AND c.vlm = :vlm"
+    };
+}
+
+/// Joins an image row `i` to the embedding `t` of its text ([`text_of!`]) under the text model
+/// `:text_model`; rows without that text (no labels, or no caption yet) drop out.
+const TEXT_JOIN: &str = concat!(
+    caption_join!(),
+    " JOIN text_embeddings t ON t.hash = i.hash AND t.text_model = :text_model AND t.text = ",
+    text_of!()
+);
 
 fn generation_key(model: &str) -> String {
     format!("generation:{model}")
@@ -140,6 +189,18 @@ impl Store {
                 text TEXT NOT NULL,
                 embedding BLOB NOT NULL,
                 PRIMARY KEY (hash, text_model, text)
+            );
+            CREATE TABLE IF NOT EXISTS captions (
+                hash TEXT NOT NULL,
+                vlm TEXT NOT NULL,
+                caption TEXT NOT NULL,
+                PRIMARY KEY (hash, vlm)
+            );
+            CREATE TABLE IF NOT EXISTS vlm_embeddings (
+                hash TEXT NOT NULL,
+                vlm TEXT NOT NULL,
+                embedding BLOB NOT NULL,
+                PRIMARY KEY (hash, vlm)
             );
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
@@ -253,18 +314,172 @@ impl Store {
         Ok(())
     }
 
-    /// The distinct (hash, text) of `model`'s labelled rows with no embedding under
-    /// `text_model` yet.
-    pub fn missing_texts(&self, model: &str, text_model: &str) -> Result<Vec<(String, String)>> {
-        let mut st = self.conn.prepare(
-            "SELECT DISTINCT i.hash, i.labels FROM images i
-             WHERE i.model = ?1 AND i.labels IS NOT NULL AND NOT EXISTS (
+    /// The distinct (hash, text) of `model`'s rows that have their text under `key` (labels;
+    /// with a VLM, a caption) but no embedding of it yet.
+    pub fn missing_texts(&self, model: &str, key: TextKey) -> Result<Vec<(String, String)>> {
+        let mut st = self.conn.prepare(concat!(
+            "SELECT DISTINCT i.hash, ",
+            text_of!(),
+            " FROM images i ",
+            caption_join!(),
+            " WHERE i.model = :model AND ",
+            text_of!(),
+            " IS NOT NULL AND NOT EXISTS (
                 SELECT 1 FROM text_embeddings t
-                WHERE t.hash = i.hash AND t.text_model = ?2 AND t.text = i.labels)
-             ORDER BY 1, 2",
-        )?;
-        let rows = st.query_map(params![model, text_model], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                WHERE t.hash = i.hash AND t.text_model = :text_model AND t.text = ",
+            text_of!(),
+            ") ORDER BY 1, 2"
+        ))?;
+        let rows = st.query_map(key.params(&[(":model", &model)]).as_slice(), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The caption of the content `hash` under the VLM `vlm`, if it has one.
+    pub fn caption(&self, hash: &str, vlm: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT caption FROM captions WHERE hash = ?1 AND vlm = ?2")?
+            .query_row(params![hash, vlm], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Records (hash, caption) pairs under the VLM `vlm` in one transaction.
+    pub fn insert_captions(&mut self, vlm: &str, rows: &[(String, String)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR REPLACE INTO captions (hash, vlm, caption) VALUES (?1, ?2, ?3)",
+            )?;
+            for (hash, caption) in rows {
+                ins.execute(params![hash, vlm, caption])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// How many contents have a caption under `vlm`.
+    pub fn caption_count(&self, vlm: &str) -> Result<usize> {
+        let n: i64 =
+            self.conn
+                .query_row("SELECT count(*) FROM captions WHERE vlm = ?1", [vlm], |r| {
+                    r.get(0)
+                })?;
+        Ok(n as usize)
+    }
+
+    /// The VLM embedding of the content `hash` under `vlm` (a [`crate::vlm::Vlm::embedding_id`]).
+    pub fn vlm_embedding(&self, hash: &str, vlm: &str) -> Result<Option<Vec<f32>>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT embedding FROM vlm_embeddings WHERE hash = ?1 AND vlm = ?2")?
+            .query_row(params![hash, vlm], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .map(|b| from_blob(&b)))
+    }
+
+    /// Records (hash, VLM embedding) pairs under `vlm` in one transaction.
+    pub fn insert_vlm_embeddings(&mut self, vlm: &str, rows: &[(String, Vec<f32>)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR REPLACE INTO vlm_embeddings (hash, vlm, embedding) VALUES (?1, ?2, ?3)",
+            )?;
+            for (hash, v) in rows {
+                ins.execute(params![hash, vlm, to_blob(v)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every (entry, VLM embedding) of `model`'s rows whose content has one under `vlm`, in id
+    /// order (with `ids`, only those), the vectors row-major: what an `EMBEDDING=vlm` index
+    /// holds.
+    pub fn vlm_vectors(
+        &self,
+        model: &str,
+        vlm: &str,
+        ids: Option<&[i64]>,
+    ) -> Result<(Vec<Entry>, Vec<f32>)> {
+        let select = "SELECT i.id, i.split, i.category, v.embedding FROM images i
+             JOIN vlm_embeddings v ON v.hash = i.hash AND v.vlm = :vlm WHERE i.model = :model";
+        let (mut entries, mut data) = (Vec::new(), Vec::new());
+        let mut push = |r: &rusqlite::Row| -> rusqlite::Result<()> {
+            entries.push(entry(r)?);
+            data.extend(from_blob(&r.get::<_, Vec<u8>>(3)?));
+            Ok(())
+        };
+        match ids {
+            None => {
+                let mut st = self.conn.prepare(&format!("{select} ORDER BY i.id"))?;
+                let mut rows = st.query(named_params! {":model": model, ":vlm": vlm})?;
+                while let Some(r) = rows.next()? {
+                    push(r)?;
+                }
+            }
+            Some(ids) => {
+                let mut st = self
+                    .conn
+                    .prepare_cached(&format!("{select} AND i.id = :id"))?;
+                for id in ids {
+                    let mut rows =
+                        st.query(named_params! {":model": model, ":vlm": vlm, ":id": id})?;
+                    if let Some(r) = rows.next()? {
+                        push(r)?;
+                    }
+                }
+            }
+        }
+        Ok((entries, data))
+    }
+
+    /// `model`'s rows whose paths start with `prefix` and whose content has a VLM embedding
+    /// under `vlm`, with it.
+    pub fn rows_under_with_vlm(
+        &self,
+        model: &str,
+        vlm: &str,
+        prefix: &str,
+    ) -> Result<Vec<(ImageRow, Vec<f32>)>> {
+        let mut st = self.conn.prepare(
+            "SELECT i.id, i.path, i.hash, i.split, i.category, v.embedding FROM images i
+             JOIN vlm_embeddings v ON v.hash = i.hash AND v.vlm = :vlm
+             WHERE i.model = :model AND substr(i.path, 1, length(:prefix)) = :prefix
+             ORDER BY i.path",
+        )?;
+        let rows = st.query_map(
+            named_params! {":model": model, ":vlm": vlm, ":prefix": prefix},
+            |r| Ok((image_row(r)?, from_blob(&r.get::<_, Vec<u8>>(5)?))),
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many of `model`'s rows have a VLM embedding under `vlm`, with the fingerprint of
+    /// those rows (see [`Self::fingerprint`]).
+    pub fn vlm_fingerprint(&self, model: &str, vlm: &str) -> Result<(usize, String)> {
+        let (n, s): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(i.id), 0) FROM images i
+             JOIN vlm_embeddings v ON v.hash = i.hash AND v.vlm = :vlm WHERE i.model = :model",
+            named_params! {":model": model, ":vlm": vlm},
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((n as usize, format!("{n}:{s}:g{}", self.generation(model)?)))
+    }
+
+    /// Length of the VLM embeddings stored under `vlm` (`None` when it has none).
+    pub fn vlm_dim(&self, vlm: &str) -> Result<Option<usize>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT length(embedding) FROM vlm_embeddings WHERE vlm = ?1 LIMIT 1",
+                [vlm],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|bytes| bytes as usize / 4))
     }
 
     /// Records a batch in one transaction. A path already present is replaced; the returned
@@ -379,38 +594,31 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// [`Self::entries`] of the rows whose text has an embedding under `text_model`: what a
+    /// [`Self::entries`] of the rows whose text has an embedding under `key`: what a
     /// fused index holds.
-    pub fn entries_with_text(&self, model: &str, text_model: &str) -> Result<Vec<Entry>> {
+    pub fn entries_with_text(&self, model: &str, key: TextKey) -> Result<Vec<Entry>> {
         let mut st = self.conn.prepare(&format!(
             "SELECT i.id, i.split, i.category FROM images i {TEXT_JOIN}
              WHERE i.model = :model ORDER BY i.id"
         ))?;
-        let rows = st.query_map(
-            named_params! {":model": model, ":text_model": text_model},
-            entry,
-        )?;
+        let rows = st.query_map(key.params(&[(":model", &model)]).as_slice(), entry)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Every (entry, embedding, text embedding) of `model` whose text has an embedding under
-    /// `text_model`, in id order (with `ids`, only those): the input to build a fused index.
-    pub fn all_vector_pairs(&self, model: &str, text_model: &str) -> Result<Vec<WithText<Entry>>> {
-        self.vector_pairs_where(model, text_model, None)
+    /// `key`, in id order (with `ids`, only those): the input to build a fused index.
+    pub fn all_vector_pairs(&self, model: &str, key: TextKey) -> Result<Vec<WithText<Entry>>> {
+        self.vector_pairs_where(model, key, None)
     }
 
     /// Every (entry, text embedding) of `model`'s rows whose text has an embedding under
-    /// `text_model`, in id order, the vectors row-major: the input to build a text index.
-    pub fn all_text_vectors(
-        &self,
-        model: &str,
-        text_model: &str,
-    ) -> Result<(Vec<Entry>, Vec<f32>)> {
+    /// `key`, in id order, the vectors row-major: the input to build a text index.
+    pub fn all_text_vectors(&self, model: &str, key: TextKey) -> Result<(Vec<Entry>, Vec<f32>)> {
         let mut st = self.conn.prepare(&format!(
             "SELECT i.id, i.split, i.category, t.embedding FROM images i {TEXT_JOIN}
              WHERE i.model = :model ORDER BY i.id"
         ))?;
-        let mut rows = st.query(named_params! {":model": model, ":text_model": text_model})?;
+        let mut rows = st.query(key.params(&[(":model", &model)]).as_slice())?;
         let (mut entries, mut data) = (Vec::new(), Vec::new());
         while let Some(r) = rows.next()? {
             entries.push(entry(r)?);
@@ -423,16 +631,16 @@ impl Store {
     pub fn vector_pairs_of(
         &self,
         model: &str,
-        text_model: &str,
+        key: TextKey,
         ids: &[i64],
     ) -> Result<Vec<WithText<Entry>>> {
-        self.vector_pairs_where(model, text_model, Some(ids))
+        self.vector_pairs_where(model, key, Some(ids))
     }
 
     fn vector_pairs_where(
         &self,
         model: &str,
-        text_model: &str,
+        key: TextKey,
         ids: Option<&[i64]>,
     ) -> Result<Vec<WithText<Entry>>> {
         let pair = |r: &rusqlite::Row| -> rusqlite::Result<WithText<Entry>> {
@@ -449,10 +657,7 @@ impl Store {
         match ids {
             None => {
                 let mut st = self.conn.prepare(&format!("{select} ORDER BY i.id"))?;
-                let rows = st.query_map(
-                    named_params! {":model": model, ":text_model": text_model},
-                    pair,
-                )?;
+                let rows = st.query_map(key.params(&[(":model", &model)]).as_slice(), pair)?;
                 Ok(rows.collect::<rusqlite::Result<_>>()?)
             }
             Some(ids) => {
@@ -461,9 +666,8 @@ impl Store {
                     .prepare_cached(&format!("{select} AND i.id = :id"))?;
                 let mut out = Vec::new();
                 for id in ids {
-                    let mut rows = st.query(
-                        named_params! {":model": model, ":text_model": text_model, ":id": id},
-                    )?;
+                    let mut rows =
+                        st.query(key.params(&[(":model", &model), (":id", id)]).as_slice())?;
                     if let Some(r) = rows.next()? {
                         out.push(pair(r)?);
                     }
@@ -522,12 +726,12 @@ impl Store {
             .optional()?)
     }
 
-    /// Like [`Self::rows_under`], with each row's text embedding under `text_model`; rows
+    /// Like [`Self::rows_under`], with each row's text embedding under `key`; rows
     /// whose text has none are left out.
     pub fn rows_under_with_text(
         &self,
         model: &str,
-        text_model: &str,
+        key: TextKey,
         prefix: &str,
     ) -> Result<Vec<WithText<ImageRow>>> {
         let mut st = self.conn.prepare(&format!(
@@ -537,7 +741,8 @@ impl Store {
              ORDER BY i.path"
         ))?;
         let rows = st.query_map(
-            named_params! {":model": model, ":text_model": text_model, ":prefix": prefix},
+            key.params(&[(":model", &model), (":prefix", &prefix)])
+                .as_slice(),
             |r| {
                 Ok((
                     image_row(r)?,
@@ -572,12 +777,12 @@ impl Store {
         Ok(n as usize)
     }
 
-    /// Rows of `model` whose text has an embedding under `text_model`: what a fused index
+    /// Rows of `model` whose text has an embedding under `key`: what a fused index
     /// holds.
-    pub fn count_with_text(&self, model: &str, text_model: &str) -> Result<usize> {
+    pub fn count_with_text(&self, model: &str, key: TextKey) -> Result<usize> {
         let n: i64 = self.conn.query_row(
             &format!("SELECT count(*) FROM images i {TEXT_JOIN} WHERE i.model = :model"),
-            named_params! {":model": model, ":text_model": text_model},
+            key.params(&[(":model", &model)]).as_slice(),
             |r| r.get(0),
         )?;
         Ok(n as usize)
@@ -592,14 +797,14 @@ impl Store {
     }
 
     /// [`Self::fingerprint`] of the rows of `model` whose text has an embedding under
-    /// `text_model`: what a fused index must contain.
-    pub fn fingerprint_with_text(&self, model: &str, text_model: &str) -> Result<String> {
+    /// `key`: what a fused index must contain.
+    pub fn fingerprint_with_text(&self, model: &str, key: TextKey) -> Result<String> {
         let (n, s): (i64, i64) = self.conn.query_row(
             &format!(
                 "SELECT count(*), coalesce(sum(i.id), 0) FROM images i {TEXT_JOIN}
                  WHERE i.model = :model"
             ),
-            named_params! {":model": model, ":text_model": text_model},
+            key.params(&[(":model", &model)]).as_slice(),
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(format!("{n}:{s}:g{}", self.generation(model)?))
@@ -749,7 +954,7 @@ mod tests {
         );
         // Distinct (hash, text) pairs: identical content is embedded once; unlabelled rows wait.
         assert_eq!(
-            s.missing_texts("m", "t").unwrap(),
+            s.missing_texts("m", TextKey::labels("t")).unwrap(),
             vec![
                 ("h1".into(), "cup, mug".into()),
                 ("h2".into(), "bee".into())
@@ -762,9 +967,9 @@ mod tests {
             Some(vec![0.5])
         );
         assert_eq!(s.text_embedding("h1", "other", "cup, mug").unwrap(), None);
-        assert_eq!(s.missing_texts("m", "t").unwrap().len(), 1);
+        assert_eq!(s.missing_texts("m", TextKey::labels("t")).unwrap().len(), 1);
         let pairs: Vec<_> = s
-            .all_vector_pairs("m", "t")
+            .all_vector_pairs("m", TextKey::labels("t"))
             .unwrap()
             .into_iter()
             .map(|(e, v, t)| (e.id, v, t))
@@ -777,30 +982,107 @@ mod tests {
             ]
         );
         assert_eq!(
-            s.vector_pairs_of("m", "t", &[ids[1], ids[2]])
+            s.vector_pairs_of("m", TextKey::labels("t"), &[ids[1], ids[2]])
                 .unwrap()
                 .len(),
             1
         );
         let fused: Vec<i64> = s
-            .entries_with_text("m", "t")
+            .entries_with_text("m", TextKey::labels("t"))
             .unwrap()
             .iter()
             .map(|e| e.id)
             .collect();
         assert_eq!(fused, vec![ids[0], ids[1]]);
-        assert_eq!(s.count_with_text("m", "t").unwrap(), 2);
+        assert_eq!(s.count_with_text("m", TextKey::labels("t")).unwrap(), 2);
         assert!(s
-            .fingerprint_with_text("m", "t")
+            .fingerprint_with_text("m", TextKey::labels("t"))
             .unwrap()
             .starts_with(&format!("2:{}:g", ids[0] + ids[1])));
-        let under = s.rows_under_with_text("m", "t", "/b").unwrap();
+        let under = s
+            .rows_under_with_text("m", TextKey::labels("t"), "/b")
+            .unwrap();
         assert_eq!(under.len(), 1);
         assert_eq!((under[0].0.id, under[0].2.clone()), (ids[1], vec![0.5]));
         // A row whose text changed no longer joins its old text's embedding.
         s.insert_batch("m", &[labelled("/a.png", "h1", 1.0, "teapot")])
             .unwrap();
-        assert_eq!(s.all_vector_pairs("m", "t").unwrap().len(), 1);
+        assert_eq!(
+            s.all_vector_pairs("m", TextKey::labels("t")).unwrap().len(),
+            1
+        );
+    }
+
+    /// With a VLM, an image's text is its caption then its labels, the same text in SQL as
+    /// `fusion::image_text_with` makes in Rust: the join finds the embedding stored under it,
+    /// and an image waits for its caption before it has a text at all.
+    #[test]
+    fn captioned_texts_join_like_the_rust_formula() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("m.sqlite")).unwrap();
+        let labelled = |path, hash, v, text: &str| NewImage {
+            labels: Some(text.into()),
+            ..img(path, hash, v)
+        };
+        let (ids, _) = s
+            .insert_batch(
+                "m",
+                &[
+                    labelled("/a.png", "h1", 1.0, "cup, mug"),
+                    labelled("/b.png", "h2", 2.0, "bee"),
+                    img("/c.png", "h3", 3.0),
+                ],
+            )
+            .unwrap();
+        let key = TextKey {
+            text_model: "t",
+            vlm: Some("vl"),
+        };
+        assert!(s.missing_texts("m", key).unwrap().is_empty());
+        s.insert_captions(
+            "vl",
+            &[
+                ("h1".into(), "A cup of coffee.".into()),
+                ("h3".into(), "A car.".into()),
+            ],
+        )
+        .unwrap();
+        s.insert_captions("other", &[("h2".into(), "A bee.".into())])
+            .unwrap();
+        assert_eq!(
+            s.caption("h1", "vl").unwrap().as_deref(),
+            Some("A cup of coffee.")
+        );
+        assert_eq!(s.caption("h2", "vl").unwrap(), None);
+        assert_eq!(s.caption_count("vl").unwrap(), 2);
+        let text = |c, l| crate::fusion::image_text_with(Some(c), l).unwrap();
+        let missing = s.missing_texts("m", key).unwrap();
+        assert_eq!(
+            missing,
+            vec![
+                ("h1".into(), text("A cup of coffee.", Some("cup, mug"))),
+                ("h3".into(), text("A car.", None)),
+            ]
+        );
+        assert_eq!(missing[0].1, "A cup of coffee.\ncup, mug");
+        s.insert_text_embeddings(
+            "t",
+            &missing
+                .iter()
+                .map(|(h, t)| (h.clone(), t.clone(), vec![0.25]))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let with_text: Vec<i64> = s
+            .entries_with_text("m", key)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(with_text, vec![ids[0], ids[2]]);
+        // The labels' own text has no embedding: without the VLM, nothing joins.
+        assert_eq!(s.count_with_text("m", TextKey::labels("t")).unwrap(), 0);
+        assert_eq!(s.all_text_vectors("m", key).unwrap().1, vec![0.25, 0.25]);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! crash loses at most one batch. Re-indexing a folder removes the files that are gone.
 //! The index holds one space: the visual embeddings, or (`EMBEDDING=fused`) those fused with
 //! the embeddings of each image's text (`fusion`), whose text vectors the store keeps too.
+//! With a VLM (`vlm`), every image indexed is captioned once per content and model, in batches
+//! after its forward pass, and its text is the caption followed by the labels.
 //!
 //! Shared, not locked: every method takes `&self`, so one `Arc<Workspace>` serves searches,
 //! uploads and an index job at once. The store is behind a mutex held only for single
@@ -16,11 +18,13 @@
 use crate::dataset::LabeledFile;
 use crate::decode::{decode_for, MAX_PIXELS};
 use crate::embed::Embedder;
-use crate::fusion::{image_text, EmbeddingKind, Fusion};
+use crate::fusion::{image_text, text_of, EmbeddingKind, Fusion};
 use crate::index::{Backend, Entry, FaissIndex, Filter, Hit, IndexConfig, IndexKind, VectorIndex};
 use crate::settings::{Settings, IMAGE_TEXT_LABELS};
-use crate::store::{ImageRow, NewImage, Store, WithText};
+use crate::store::{ImageRow, NewImage, Store, TextKey, WithText};
+use crate::vlm::{caption_view, Vlm, VlmPool, CAPTION_SHORTER};
 use anyhow::{Context, Result};
+use image::RgbImage;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -63,9 +67,20 @@ struct Prepared {
     fresh: Vec<NewImage>,
     /// The preprocessed input of `fresh`, image after image.
     pixels: Vec<f32>,
+    /// What the VLM is to see, by content hash (once each), scaled for it: images of `rows`
+    /// and `fresh` with no caption under it yet, or (`EMBEDDING=vlm`) no VLM embedding.
+    to_vlm: Vec<ForVlm>,
     skipped: usize,
     reused: usize,
     failed: Vec<(String, String)>,
+}
+
+/// An image the VLM is to caption, embed, or both.
+struct ForVlm {
+    hash: String,
+    image: RgbImage,
+    caption: bool,
+    embed: bool,
 }
 
 /// A search result.
@@ -80,6 +95,15 @@ pub struct Neighbour {
     pub score: f32,
 }
 
+/// What a workspace does with its VLM besides the server's uploads.
+#[derive(Debug, Clone, Copy)]
+struct VlmUse {
+    /// Caption every image indexed.
+    captions: bool,
+    /// Index its embeddings, so pooled (`EMBEDDING=vlm`).
+    space: Option<VlmPool>,
+}
+
 /// Texts embedded per transaction when a fused workspace catches up on stored images.
 const TEXT_BACKFILL_CHUNK: usize = 256;
 
@@ -89,6 +113,13 @@ pub struct Workspace {
     embedder: Arc<Embedder>,
     /// The text side of a fused space; `None` when the space is visual.
     fusion: Option<Fusion>,
+    /// The VLM, shared with the server (captions and zero-shot labels of uploads).
+    vlm: Option<Arc<Vlm>>,
+    /// Whether the VLM captions every image indexed (its text is then caption and labels).
+    captions: bool,
+    /// `EMBEDDING=vlm`: the id the VLM's embeddings of this space are stored under, and
+    /// their pooling.
+    vlm_space: Option<(String, VlmPool)>,
     /// What the index holds: the embedder's model id, or the fused space's id.
     space_id: String,
     index: RwLock<Option<Box<dyn VectorIndex>>>,
@@ -116,13 +147,26 @@ impl Workspace {
         let space = settings.embedding;
         let embedder = Embedder::from_settings(settings)?;
         let fusion = match space {
-            EmbeddingKind::Visual => None,
+            EmbeddingKind::Visual | EmbeddingKind::Vlm => None,
             EmbeddingKind::Fused => Some(Fusion::new(
                 crate::text::load_text_embedder(settings)?,
                 settings.fusion_weight,
             )?),
         };
-        let mut ws = Self::open_configured(&settings.home, embedder, fusion, config)?;
+        let vlm = Vlm::from_settings(settings)?.map(Arc::new);
+        let vlm_pool = match (space, &vlm) {
+            (EmbeddingKind::Vlm, None) => anyhow::bail!(
+                "EMBEDDING=vlm needs a VLM: set VLM_PATH to a Qwen2-VL folder (or VLM to a hub id \
+                 when online)"
+            ),
+            (EmbeddingKind::Vlm, Some(_)) => Some(settings.vlm_pool),
+            _ => None,
+        };
+        let uses = VlmUse {
+            captions: settings.index_captions,
+            space: vlm_pool,
+        };
+        let mut ws = Self::open_inner(&settings.home, embedder, fusion, vlm, uses, config)?;
         let text_settings = settings.clone();
         ws.set_text_model(
             move || crate::text::load_text_embedder(&text_settings),
@@ -155,6 +199,50 @@ impl Workspace {
         fusion: Option<Fusion>,
         config: IndexConfig,
     ) -> Result<Self> {
+        Self::open_with_vlm(home, embedder, fusion, None, config)
+    }
+
+    /// [`Self::open_configured`] with a VLM that captions what is indexed.
+    pub fn open_with_vlm(
+        home: &Path,
+        embedder: Embedder,
+        fusion: Option<Fusion>,
+        vlm: Option<Arc<Vlm>>,
+        config: IndexConfig,
+    ) -> Result<Self> {
+        let uses = VlmUse {
+            captions: true,
+            space: None,
+        };
+        Self::open_inner(home, embedder, fusion, vlm, uses, config)
+    }
+
+    /// Opens the workspace in `home` in the VLM's space (`EMBEDDING=vlm`): its embeddings
+    /// pooled by `pool` are what is indexed and searched; with `captions`, what is indexed is
+    /// captioned too (for search by text).
+    pub fn open_vlm_space(
+        home: &Path,
+        embedder: Embedder,
+        vlm: Arc<Vlm>,
+        pool: VlmPool,
+        captions: bool,
+        config: IndexConfig,
+    ) -> Result<Self> {
+        let uses = VlmUse {
+            captions,
+            space: Some(pool),
+        };
+        Self::open_inner(home, embedder, None, Some(vlm), uses, config)
+    }
+
+    fn open_inner(
+        home: &Path,
+        embedder: Embedder,
+        fusion: Option<Fusion>,
+        vlm: Option<Arc<Vlm>>,
+        uses: VlmUse,
+        config: IndexConfig,
+    ) -> Result<Self> {
         if config.backend == Backend::Milvus && !cfg!(feature = "milvus") {
             anyhow::bail!(
                 "INDEX_BACKEND=milvus needs a kadr built with the milvus feature \
@@ -164,9 +252,15 @@ impl Workspace {
         std::fs::create_dir_all(home)
             .with_context(|| format!("creating workspace {}", home.display()))?;
         let store = Store::open(&home.join("kadr.sqlite"))?;
-        let space_id = match &fusion {
-            Some(f) => f.model_id(embedder.model_id()),
-            None => embedder.model_id().to_string(),
+        let captioner = vlm.as_deref().filter(|_| uses.captions).map(Vlm::id);
+        let vlm_space = match (&vlm, uses.space) {
+            (Some(v), Some(pool)) => Some((v.embedding_id(pool), pool)),
+            _ => None,
+        };
+        let space_id = match (&fusion, &vlm_space) {
+            (_, Some((id, _))) => format!("vlm({id})"),
+            (Some(f), None) => f.model_id(embedder.model_id(), captioner),
+            (None, None) => embedder.model_id().to_string(),
         };
         let safe_id: String = space_id
             .chars()
@@ -184,6 +278,9 @@ impl Workspace {
             store: Mutex::new(store),
             embedder: Arc::new(embedder),
             fusion,
+            captions: uses.captions && vlm.is_some(),
+            vlm,
+            vlm_space,
             space_id,
             index: RwLock::new(None),
             config,
@@ -205,7 +302,7 @@ impl Workspace {
         };
         let missing = self
             .store()
-            .missing_texts(self.embedder.model_id(), f.text.model_id())?;
+            .missing_texts(self.embedder.model_id(), self.text_key(f.text.model_id()))?;
         if !missing.is_empty() {
             tracing::info!("embedding the texts of {} stored images", missing.len());
         }
@@ -257,8 +354,42 @@ impl Workspace {
         Ok(out)
     }
 
+    /// Which text of its images this workspace embeds under `text_model`: with a VLM, caption
+    /// and labels; without, the labels.
+    fn text_key<'a>(&'a self, text_model: &'a str) -> TextKey<'a> {
+        TextKey {
+            text_model,
+            vlm: self.captioner().map(Vlm::id),
+        }
+    }
+
+    /// The VLM when it captions what is indexed.
+    fn captioner(&self) -> Option<&Vlm> {
+        self.vlm.as_deref().filter(|_| self.captions)
+    }
+
+    /// The text of an image with these labels: [`text_of`] with its stored caption.
+    fn image_text(&self, hash: &str, labels: Option<&str>) -> Result<Option<String>> {
+        let caption = match self.captioner() {
+            Some(vlm) => self.store().caption(hash, vlm.id())?,
+            None => None,
+        };
+        Ok(text_of(self.captions, caption.as_deref(), labels))
+    }
+
     /// The index's vectors for rows just recorded: their embeddings, or fused ones.
     fn space_vectors(&self, rows: &[NewImage]) -> Result<Vec<f32>> {
+        if let Some((id, _)) = &self.vlm_space {
+            let store = self.store();
+            let mut out = Vec::new();
+            for r in rows {
+                let v = store
+                    .vlm_embedding(&r.hash, id)?
+                    .with_context(|| format!("{} has no VLM embedding", r.path))?;
+                out.extend(v);
+            }
+            return Ok(out);
+        }
         if self.fusion.is_none() {
             return Ok(rows
                 .iter()
@@ -267,7 +398,10 @@ impl Workspace {
         }
         let items = rows
             .iter()
-            .map(|r| Ok((r.hash.clone(), require_text(r.labels.clone())?)))
+            .map(|r| {
+                let text = self.image_text(&r.hash, r.labels.as_deref())?;
+                Ok((r.hash.clone(), require_text(text)?))
+            })
             .collect::<Result<Vec<_>>>()?;
         let texts = self.text_vectors(&items)?;
         let f = self.fusion.as_ref().context("not a fused workspace")?;
@@ -299,11 +433,17 @@ impl Workspace {
 
     /// What the index must contain, as the store sees it.
     fn fingerprint(&self) -> Result<String> {
+        if let Some((id, _)) = &self.vlm_space {
+            return Ok(self
+                .store()
+                .vlm_fingerprint(self.embedder.model_id(), id)?
+                .1);
+        }
         match &self.fusion {
             None => self.store().fingerprint(self.embedder.model_id()),
             Some(f) => self
                 .store()
-                .fingerprint_with_text(self.embedder.model_id(), f.text.model_id()),
+                .fingerprint_with_text(self.embedder.model_id(), self.text_key(f.text.model_id())),
         }
     }
 
@@ -447,21 +587,33 @@ impl Workspace {
 
     /// The ids (with split and category) this space's index must hold.
     fn space_entries(&self) -> Result<Vec<Entry>> {
+        if let Some((id, _)) = &self.vlm_space {
+            return Ok(self
+                .store()
+                .vlm_vectors(self.embedder.model_id(), id, None)?
+                .0);
+        }
         match &self.fusion {
             None => self.store().entries(self.embedder.model_id()),
             Some(f) => self
                 .store()
-                .entries_with_text(self.embedder.model_id(), f.text.model_id()),
+                .entries_with_text(self.embedder.model_id(), self.text_key(f.text.model_id())),
         }
     }
 
     /// How many vectors this space's index must hold.
     fn space_len(&self) -> Result<usize> {
+        if let Some((id, _)) = &self.vlm_space {
+            return Ok(self
+                .store()
+                .vlm_fingerprint(self.embedder.model_id(), id)?
+                .0);
+        }
         match &self.fusion {
             None => self.store().count(self.embedder.model_id()),
             Some(f) => self
                 .store()
-                .count_with_text(self.embedder.model_id(), f.text.model_id()),
+                .count_with_text(self.embedder.model_id(), self.text_key(f.text.model_id())),
         }
     }
 
@@ -477,13 +629,16 @@ impl Workspace {
 
     fn space_vectors_where(&self, ids: Option<&[i64]>) -> Result<(Vec<Entry>, Vec<f32>)> {
         let model = self.embedder.model_id();
+        if let Some((id, _)) = &self.vlm_space {
+            return self.store().vlm_vectors(model, id, ids);
+        }
         match &self.fusion {
             None => match ids {
                 None => self.store().all_vectors(model),
                 Some(ids) => self.store().vectors_of(model, ids),
             },
             Some(f) => {
-                let text_model = f.text.model_id();
+                let text_model = self.text_key(f.text.model_id());
                 let pairs = match ids {
                     None => self.store().all_vector_pairs(model, text_model)?,
                     Some(ids) => self.store().vector_pairs_of(model, text_model, ids)?,
@@ -500,6 +655,9 @@ impl Workspace {
 
     /// The dimension of this space's vectors, from what the store holds.
     fn expected_dim(&self) -> Result<Option<usize>> {
+        if let Some((id, _)) = &self.vlm_space {
+            return self.store().vlm_dim(id);
+        }
         let visual = self.store().vector_dim(self.embedder.model_id())?;
         Ok(match &self.fusion {
             None => visual,
@@ -614,6 +772,52 @@ impl Workspace {
         self.fusion.as_ref()
     }
 
+    /// The VLM that captions what is indexed, if one is configured.
+    pub fn vlm(&self) -> Option<&Arc<Vlm>> {
+        self.vlm.as_ref()
+    }
+
+    /// The caption of an image with content `hash` (stored, or made now from `img` when the
+    /// content was never captioned); `None` without a VLM. A caption made here is not stored:
+    /// only indexing adds to the store, which keeps an indexed image's text in step with it.
+    pub fn caption_of(&self, hash: &str, img: RgbImage) -> Result<Option<String>> {
+        let Some(vlm) = &self.vlm else {
+            return Ok(None);
+        };
+        if let Some(c) = self.store().caption(hash, vlm.id())? {
+            return Ok(Some(c));
+        }
+        Ok(vlm.caption(vec![img])?.pop())
+    }
+
+    /// An image's vector in the VLM space (`EMBEDDING=vlm`): the stored VLM embedding of
+    /// content `hash`, or one made now from `img` (not stored, like [`Self::caption_of`]);
+    /// `None` in other spaces.
+    pub fn vlm_vector_of(&self, hash: &str, img: RgbImage) -> Result<Option<Vec<f32>>> {
+        let (Some(vlm), Some((id, pool))) = (&self.vlm, &self.vlm_space) else {
+            return Ok(None);
+        };
+        if let Some(v) = self.store().vlm_embedding(hash, id)? {
+            return Ok(Some(v));
+        }
+        Ok(vlm.embed(vec![img], *pool)?.pop())
+    }
+
+    /// Whether this workspace indexes the VLM's embeddings (`EMBEDDING=vlm`).
+    pub fn is_vlm_space(&self) -> bool {
+        self.vlm_space.is_some()
+    }
+
+    /// The short side an image is decoded to for this workspace: what the backbone needs,
+    /// or the VLM's caption size when that is larger.
+    pub fn decode_shorter(&self) -> u32 {
+        let backbone = self.embedder.preprocess_spec().resize_shorter;
+        match &self.vlm {
+            Some(_) => backbone.max(CAPTION_SHORTER),
+            None => backbone,
+        }
+    }
+
     /// What the index holds: the visual model id, or the fused space's id (both model ids and
     /// the weight).
     pub fn space_id(&self) -> &str {
@@ -622,6 +826,11 @@ impl Workspace {
 
     /// Stored images whose paths start with `prefix`, with their vectors in this space.
     pub fn vectors_under(&self, prefix: &str) -> Result<Vec<(ImageRow, Vec<f32>)>> {
+        if let Some((id, _)) = &self.vlm_space {
+            return self
+                .store()
+                .rows_under_with_vlm(self.embedder.model_id(), id, prefix);
+        }
         match &self.fusion {
             None => self.store().rows_under(self.embedder.model_id(), prefix),
             Some(f) => Ok(self
@@ -636,8 +845,11 @@ impl Workspace {
     /// (a fused workspace; images without a text are left out).
     pub fn vector_pairs_under(&self, prefix: &str) -> Result<Vec<WithText<ImageRow>>> {
         let f = self.fusion.as_ref().context("not a fused workspace")?;
-        self.store()
-            .rows_under_with_text(self.embedder.model_id(), f.text.model_id(), prefix)
+        self.store().rows_under_with_text(
+            self.embedder.model_id(),
+            self.text_key(f.text.model_id()),
+            prefix,
+        )
     }
 
     /// The metadata store, locked for the caller's statements: hold it briefly.
@@ -671,20 +883,23 @@ impl Workspace {
         let mut report = IndexReport::default();
         let mut done = 0;
         let mut chunks = files.chunks(batch.max(1));
+        let for_vlm = Mutex::new(std::collections::HashSet::new());
+        let for_vlm = &for_vlm;
         std::thread::scope(|scope| -> Result<()> {
-            let mut next = chunks.next().map(|c| (c, self.prepare_batch(c)));
+            let mut next = chunks.next().map(|c| (c, self.prepare_batch(c, for_vlm)));
             while let Some((chunk, prepared)) = next.take() {
                 let Prepared {
                     mut rows,
                     mut fresh,
                     pixels,
+                    to_vlm,
                     skipped,
                     reused,
                     failed,
                 } = prepared?;
                 let ahead = chunks
                     .next()
-                    .map(|c| (c, scope.spawn(move || self.prepare_batch(c))));
+                    .map(|c| (c, scope.spawn(move || self.prepare_batch(c, for_vlm))));
                 report.skipped += skipped;
                 report.reused += reused;
                 report.failed.extend(failed);
@@ -701,6 +916,9 @@ impl Workspace {
                     report.embedded += fresh.len();
                     rows.extend(fresh);
                 }
+                // The rows' texts need their captions, a VLM space their VLM embeddings: both
+                // made before the rows are recorded.
+                self.vlm_batch(to_vlm)?;
                 self.add_rows(&rows)?;
                 done += chunk.len();
                 progress(done);
@@ -719,12 +937,52 @@ impl Workspace {
         Ok(report)
     }
 
+    /// Captions and VLM-embeds images (batched) and stores the results by content hash.
+    fn vlm_batch(&self, images: Vec<ForVlm>) -> Result<()> {
+        let Some(vlm) = &self.vlm else {
+            return Ok(());
+        };
+        let (mut caption, mut embed) = ((vec![], vec![]), (vec![], vec![]));
+        for f in images {
+            if f.embed {
+                embed.0.push(f.hash.clone());
+                embed.1.push(f.image.clone());
+            }
+            if f.caption {
+                caption.0.push(f.hash);
+                caption.1.push(f.image);
+            }
+        }
+        if !caption.0.is_empty() {
+            let captions = vlm.caption(caption.1)?;
+            let rows: Vec<(String, String)> = caption.0.into_iter().zip(captions).collect();
+            self.store().insert_captions(vlm.id(), &rows)?;
+        }
+        if let (Some((id, pool)), false) = (&self.vlm_space, embed.0.is_empty()) {
+            let vectors = vlm.embed(embed.1, *pool)?;
+            let rows: Vec<(String, Vec<f32>)> = embed.0.into_iter().zip(vectors).collect();
+            self.store().insert_vlm_embeddings(id, &rows)?;
+        }
+        Ok(())
+    }
+
     /// The first stage of [`Self::index_files`] for one batch: reads and hashes the files,
     /// skips what is indexed already, reuses embeddings of known content, and decodes and
-    /// preprocesses the rest into one tensor's data.
-    fn prepare_batch(&self, chunk: &[LabeledFile]) -> Result<Prepared> {
+    /// preprocesses the rest into one tensor's data; with a VLM, also keeps the images whose
+    /// content has no caption yet, scaled for it.
+    ///
+    /// `for_vlm` holds the contents sent to the VLM by this job so far: a batch is prepared
+    /// while the one before is captioned, so the store cannot say yet.
+    fn prepare_batch(
+        &self,
+        chunk: &[LabeledFile],
+        for_vlm: &Mutex<std::collections::HashSet<String>>,
+    ) -> Result<Prepared> {
         let model = self.embedder.model_id().to_string();
         let spec = self.embedder.preprocess_spec();
+        let shorter = self.decode_shorter();
+        let captioner = self.captioner().map(Vlm::id);
+        let vlm_space = self.vlm_space.as_ref().map(|(id, _)| id.as_str());
         let mut out = Prepared::default();
         // Read and hash in parallel; the store (one SQLite connection) is asked serially.
         let read: Vec<(String, std::io::Result<Vec<u8>>)> = chunk
@@ -736,7 +994,9 @@ impl Workspace {
                 )
             })
             .collect();
+        // (row, bytes, needs the forward pass, needs a caption, needs a VLM embedding).
         let mut to_decode = Vec::new();
+        let mut for_vlm = lock(for_vlm);
         let store = self.store();
         for (file, (path, bytes)) in chunk.iter().zip(read) {
             let bytes = match bytes {
@@ -747,9 +1007,24 @@ impl Workspace {
                 }
             };
             let hash = blake3::hash(&bytes).to_hex().to_string();
+            let pending = for_vlm.contains(&hash);
+            let caption = match captioner {
+                Some(id) => !pending && store.caption(&hash, id)?.is_none(),
+                None => false,
+            };
+            let vector = match vlm_space {
+                Some(id) => !pending && store.vlm_embedding(&hash, id)?.is_none(),
+                None => false,
+            };
+            if caption || vector {
+                for_vlm.insert(hash.clone());
+            }
             // A fused space also needs the labels, which rows stored before them lack.
             if matches!(store.hash_of_path(&model, &path)?, Some((_, h)) if h == hash)
                 && (self.fusion.is_none() || store.has_labels(&model, &path)?)
+                && !caption
+                && !vector
+                && !pending
             {
                 out.skipped += 1;
                 continue;
@@ -768,30 +1043,54 @@ impl Workspace {
                 Some((v, labels)) if self.fusion.is_none() || labels.is_some() => {
                     (row.embedding, row.labels) = (v, labels);
                     out.reused += 1;
-                    out.rows.push(row);
+                    if caption || vector {
+                        to_decode.push((row, bytes, false, caption, vector));
+                    } else {
+                        out.rows.push(row);
+                    }
                 }
-                _ => to_decode.push((row, bytes)),
+                _ => to_decode.push((row, bytes, true, caption, vector)),
             }
         }
         drop(store);
+        drop(for_vlm);
         // Decode and preprocess in parallel on all cores.
-        let decoded: Vec<(NewImage, Result<Vec<f32>, String>)> = to_decode
+        type Decoded = Result<(Option<Vec<f32>>, Option<RgbImage>), String>;
+        let decoded: Vec<(NewImage, bool, bool, Decoded)> = to_decode
             .into_par_iter()
-            .map(
-                |(mut row, bytes)| match decode_for(&bytes, MAX_PIXELS, spec.resize_shorter) {
+            .map(|(mut row, bytes, embed, caption, vector)| {
+                let d = match decode_for(&bytes, MAX_PIXELS, shorter) {
                     Ok(d) => {
-                        (row.width, row.height) = (d.width, d.height);
-                        (row, Ok(crate::preprocess::preprocess(&d.image, &spec)))
+                        if embed {
+                            (row.width, row.height) = (d.width, d.height);
+                        }
+                        let pixels = embed.then(|| crate::preprocess::preprocess(&d.image, &spec));
+                        let view = (caption || vector).then(|| caption_view(d.image));
+                        Ok((pixels, view))
                     }
-                    Err(e) => (row, Err(e.to_string())),
-                },
-            )
+                    Err(e) => Err(e.to_string()),
+                };
+                (row, caption, vector, d)
+            })
             .collect();
-        for (row, data) in decoded {
+        for (row, caption, embed, data) in decoded {
             match data {
-                Ok(d) => {
-                    out.pixels.extend(d);
-                    out.fresh.push(row);
+                Ok((pixels, view)) => {
+                    if let Some(image) = view {
+                        out.to_vlm.push(ForVlm {
+                            hash: row.hash.clone(),
+                            image,
+                            caption,
+                            embed,
+                        });
+                    }
+                    match pixels {
+                        Some(p) => {
+                            out.pixels.extend(p);
+                            out.fresh.push(row);
+                        }
+                        None => out.rows.push(row),
+                    }
                 }
                 Err(why) => out.failed.push((row.path, why)),
             }
@@ -918,27 +1217,34 @@ impl Workspace {
         Ok(self.embedder.embed_preprocessed(&data, 1)?.remove(0))
     }
 
-    /// Embeds image bytes (any supported format) into this workspace's space.
+    /// Embeds image bytes (any supported format) into this workspace's space: in a fused one,
+    /// with the image's text made as an indexed image's is (caption and labels with a VLM).
     pub fn embed_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         let spec = self.embedder.preprocess_spec();
-        let img = decode_for(bytes, MAX_PIXELS, spec.resize_shorter)?.image;
-        let data = crate::preprocess::preprocess(&img, &spec);
-        let labels = if self.fusion.is_some() {
-            IMAGE_TEXT_LABELS
-        } else {
-            0
+        if self.vlm_space.is_some() {
+            let img = decode_for(bytes, MAX_PIXELS, self.decode_shorter())?.image;
+            let hash = blake3::hash(bytes).to_hex().to_string();
+            return self
+                .vlm_vector_of(&hash, caption_view(img))?
+                .context("not a VLM space");
+        }
+        let Some(f) = &self.fusion else {
+            return self.embed_visual_bytes(bytes);
         };
+        let img = decode_for(bytes, MAX_PIXELS, self.decode_shorter())?.image;
+        let data = crate::preprocess::preprocess(&img, &spec);
         let (v, labels) = self
             .embedder
-            .embed_preprocessed_labelled(&data, 1, labels)?
+            .embed_preprocessed_labelled(&data, 1, IMAGE_TEXT_LABELS)?
             .remove(0);
-        let Some(f) = &self.fusion else {
-            return Ok(v);
+        let labels = image_text(&labels);
+        let hash = blake3::hash(bytes).to_hex().to_string();
+        let caption = match self.captions {
+            true => self.caption_of(&hash, caption_view(img))?,
+            false => None,
         };
-        let t = f
-            .text
-            .embed(&[require_text(image_text(&labels))?])?
-            .remove(0);
+        let text = text_of(self.vlm.is_some(), caption.as_deref(), labels.as_deref());
+        let t = f.text.embed(&[require_text(text)?])?.remove(0);
         Ok(f.fuse(&v, &t))
     }
 
@@ -998,7 +1304,8 @@ impl Workspace {
 /// An image's text, which a fused space cannot do without.
 fn require_text(text: Option<String>) -> Result<String> {
     text.context(
-        "EMBEDDING=fused needs each image's text, the labels of an ImageNet-1k classifier: \
-         use a backbone with one (the default tf_efficientnet_lite0 has), or EMBEDDING=visual",
+        "EMBEDDING=fused needs each image's text: a VLM's caption (VLM / VLM_PATH) or the labels \
+         of an ImageNet-1k classifier (the default tf_efficientnet_lite0 has one); or use \
+         EMBEDDING=visual",
     )
 }

@@ -235,6 +235,174 @@ fn fused_space_backfills_indexes_and_searches() {
     assert_eq!(other.index_files(&files, 4, &|_| {}).unwrap().skipped, 9);
 }
 
+/// The tiny VLM from `dir` (a [`common::tiny_qwen2vl_dir`]; its name is part of the id).
+fn tiny_vlm(dir: &Path) -> std::sync::Arc<kadr_engine::vlm::Vlm> {
+    let vl = kadr_models::vlm::processor::Qwen2Vl::load(dir, &Device::Cpu, candle_core::DType::F32)
+        .unwrap();
+    std::sync::Arc::new(kadr_engine::vlm::Vlm::new(vl, 4))
+}
+
+fn open_captioned(home: &Path, vlm: &std::sync::Arc<kadr_engine::vlm::Vlm>) -> Workspace {
+    Workspace::open_with_vlm(
+        home,
+        effnet(),
+        Some(fusion(0.8)),
+        Some(vlm.clone()),
+        kadr_engine::index::IndexConfig::faiss(IndexKind::Flat),
+    )
+    .unwrap()
+}
+
+/// With a VLM, indexing captions every content once (in batches, two files of the same content
+/// in one), stores the captions, and fuses caption + labels; re-indexing and reopening caption
+/// nothing, and a query image that is indexed reuses its caption.
+#[test]
+fn fused_space_captions_each_content_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["red", "green", "blue"], 3);
+    std::fs::copy(data.join("red/0.png"), data.join("red/copy.png")).unwrap();
+    let files = scan(&data).unwrap();
+    assert_eq!(files.len(), 10);
+    let home = tmp.path().join("home");
+
+    // Indexed without a VLM first: labels, no captions.
+    let ws = Workspace::open_fused(&home, effnet(), Some(fusion(0.8)), IndexKind::Flat).unwrap();
+    assert_eq!(ws.index_files(&files, 4, &|_| {}).unwrap().embedded, 10);
+    let labels_only = ws.space_id().to_string();
+    drop(ws);
+
+    // With the VLM, the space is another one, empty until the images have captions; their
+    // embeddings are reused, not computed again.
+    let vlm_dir = common::tiny_qwen2vl_dir();
+    let vlm = tiny_vlm(&vlm_dir);
+    let ws = open_captioned(&home, &vlm);
+    assert_ne!(ws.space_id(), labels_only);
+    assert!(ws.space_id().contains(vlm.id()), "{}", ws.space_id());
+    assert_eq!(ws.len(), 0);
+    let r = ws.index_files(&files, 4, &|_| {}).unwrap();
+    assert_eq!((r.embedded, r.reused, r.skipped), (0, 10, 0));
+    assert_eq!(vlm.captions_made(), 9);
+    assert_eq!(ws.len(), 10);
+    assert_eq!(ws.store().caption_count(vlm.id()).unwrap(), 9);
+
+    // Each image's text is its caption, then its labels; that text's embedding is stored.
+    let text_model = ws.fusion().unwrap().text.model_id().to_string();
+    let hash = blake3::hash(&std::fs::read(data.join("green/1.png")).unwrap())
+        .to_hex()
+        .to_string();
+    let caption = ws.store().caption(&hash, vlm.id()).unwrap().unwrap();
+    assert!(!caption.trim().is_empty());
+    let (_, labels) = ws
+        .store()
+        .embedding_by_hash(ws.embedder().model_id(), &hash)
+        .unwrap()
+        .unwrap();
+    let text = kadr_engine::fusion::image_text_with(Some(&caption), labels.as_deref()).unwrap();
+    assert!(text.starts_with(&caption) && text.ends_with(labels.as_deref().unwrap()));
+    assert!(ws
+        .store()
+        .text_embedding(&hash, &text_model, &text)
+        .unwrap()
+        .is_some());
+
+    // Nothing is captioned twice: not on re-indexing, not after reopening with a new load.
+    let r = ws.index_files(&files, 4, &|_| {}).unwrap();
+    assert_eq!(r.skipped, 10);
+    assert_eq!(vlm.captions_made(), 9);
+    drop(ws);
+    let vlm = tiny_vlm(&vlm_dir);
+    let ws = open_captioned(&home, &vlm);
+    assert_eq!(ws.len(), 10);
+    assert_eq!(ws.index_files(&files, 4, &|_| {}).unwrap().skipped, 10);
+
+    // An indexed image as a query: its stored caption, fused like the index, finds itself.
+    let q = ws
+        .embed_bytes(&std::fs::read(data.join("green/1.png")).unwrap())
+        .unwrap();
+    assert_eq!(vlm.captions_made(), 0);
+    let hits = ws.search(&q, 3, &Filter::all()).unwrap();
+    assert!(hits[0].path.ends_with("green/1.png"), "{hits:?}");
+    assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
+
+    // Search by text runs over the captioned texts: the image's own text is its best match.
+    let found = ws
+        .search_text(
+            &kadr_engine::workspace::TextQuery {
+                text: text.clone(),
+                image: None,
+            },
+            1,
+            &Filter::all(),
+        )
+        .unwrap();
+    assert!((found[0].score - 1.0).abs() < 1e-4, "{found:?}");
+}
+
+/// `EMBEDDING=vlm`: the index holds the VLM's pooled hidden states, one per content, made at
+/// index time and stored; reopening builds the index from the store without the VLM running,
+/// and an indexed image as a query finds itself.
+#[test]
+fn vlm_space_indexes_pooled_hidden_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["red", "green"], 2);
+    std::fs::copy(data.join("red/0.png"), data.join("red/copy.png")).unwrap();
+    let files = scan(&data).unwrap();
+    let home = tmp.path().join("home");
+    let config = kadr_engine::index::IndexConfig::faiss(IndexKind::Flat);
+    let open = |vlm: &std::sync::Arc<kadr_engine::vlm::Vlm>| {
+        let e = Embedder::load(
+            "convnext_test",
+            &common::tiny_convnext(tmp.path()),
+            Device::Cpu,
+            4,
+        )
+        .unwrap();
+        let pool = kadr_engine::vlm::VlmPool::Image;
+        Workspace::open_vlm_space(&home, e, vlm.clone(), pool, false, config.clone()).unwrap()
+    };
+    let vlm_dir = common::tiny_qwen2vl_dir();
+    let vlm = tiny_vlm(&vlm_dir);
+    let ws = open(&vlm);
+    assert!(ws.space_id().starts_with("vlm("), "{}", ws.space_id());
+    assert!(ws.space_id().ends_with("/pool=image)"), "{}", ws.space_id());
+    let r = ws.index_files(&files, 2, &|_| {}).unwrap();
+    assert_eq!(r.embedded + r.reused, 5);
+    assert_eq!(ws.len(), 5);
+    // No captions asked for: none made.
+    assert_eq!(vlm.captions_made(), 0);
+    let stored = ws.vectors_under("/").unwrap();
+    assert_eq!(stored.len(), 5);
+    let width = vlm.lock().model.config().hidden_size;
+    assert!(stored.iter().all(|(_, v)| v.len() == width));
+    // The copy shares its original's vector: one per content.
+    let (a, b) = (
+        &stored
+            .iter()
+            .find(|(r, _)| r.path.ends_with("red/0.png"))
+            .unwrap()
+            .1,
+        &stored
+            .iter()
+            .find(|(r, _)| r.path.ends_with("red/copy.png"))
+            .unwrap()
+            .1,
+    );
+    assert_eq!(a, b);
+    drop(ws);
+
+    let ws = open(&tiny_vlm(&vlm_dir));
+    assert_eq!(ws.len(), 5);
+    assert_eq!(ws.index_files(&files, 2, &|_| {}).unwrap().skipped, 5);
+    let q = ws
+        .embed_bytes(&std::fs::read(data.join("green/1.png")).unwrap())
+        .unwrap();
+    let hits = ws.search(&q, 2, &Filter::all()).unwrap();
+    assert!(hits[0].path.ends_with("green/1.png"), "{hits:?}");
+    assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
+}
+
 #[test]
 fn fused_space_needs_image_text() {
     // The tiny ConvNeXt's classifier has 10 classes, not ImageNet's: its images have no text.

@@ -25,7 +25,6 @@ use kadr_engine::index::Filter;
 use kadr_engine::settings::Settings;
 use kadr_engine::vote::VoteConfig;
 use kadr_engine::workspace::Workspace;
-use kadr_models::vlm::processor::Qwen2Vl;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -41,9 +40,6 @@ struct Inner {
     ws: Arc<Workspace>,
     /// Gathers the uploads' images into forward passes.
     batcher: Batcher,
-    /// The optional vision-language model (captions, zero-shot labels).
-    vlm: Option<Mutex<Qwen2Vl>>,
-    caption_tokens: usize,
     /// Id of the visual model: the key of indexed images in the store.
     visual_model: String,
     history: Mutex<History>,
@@ -179,26 +175,9 @@ fn ms(t: Instant) -> f32 {
 }
 
 impl EngineBackend {
-    /// Wraps an open workspace serving `folders` (already indexed by the caller), with the
-    /// VLM when one is configured.
+    /// Wraps an open workspace serving `folders` (already indexed by the caller), with its
+    /// VLM (captions and zero-shot labels of uploads) when it has one.
     pub fn new(ws: Workspace, settings: &Settings, folders: Vec<PathBuf>) -> anyhow::Result<Self> {
-        let vlm = match settings.vlm() {
-            Some((repo, local)) => {
-                let device = kadr_engine::embed::parse_device(&settings.device)?;
-                Some(kadr_models::vlm::load(&repo, local.as_deref(), &device)?)
-            }
-            None => None,
-        };
-        Self::with_vlm(ws, settings, folders, vlm)
-    }
-
-    /// Like [`Self::new`], with an already loaded VLM (or none).
-    pub fn with_vlm(
-        ws: Workspace,
-        settings: &Settings,
-        folders: Vec<PathBuf>,
-        vlm: Option<Qwen2Vl>,
-    ) -> anyhow::Result<Self> {
         let history = History::open(&settings.home.join("history.sqlite"))?;
         let interrupted = history.interrupt_running()?;
         if interrupted > 0 {
@@ -225,11 +204,11 @@ impl EngineBackend {
             .collect();
         let batching = BatchConfig::from_settings(settings);
         let batcher = Batcher::new(ws.shared_embedder(), batching);
+        let has_vlm = ws.vlm().is_some();
         let me = Self {
             inner: Arc::new(Inner {
                 ws: Arc::new(ws),
                 batcher,
-                caption_tokens: settings.caption_tokens,
                 visual_model,
                 history: Mutex::new(history),
                 defaults: UiDefaults {
@@ -240,7 +219,7 @@ impl EngineBackend {
                     batch_size: settings.upload_batch,
                     upload_max_side: settings.upload_max_side,
                     max_upload_bytes: settings.max_upload_bytes,
-                    vlm: vlm.is_some(),
+                    vlm: has_vlm,
                     model,
                 },
                 home: settings.home.clone(),
@@ -261,7 +240,6 @@ impl EngineBackend {
                 decode_gate: Gate::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
                 ),
-                vlm: vlm.map(Mutex::new),
                 live_eval: Mutex::new(None),
                 head: Mutex::new(None),
                 choice: Mutex::new(None),

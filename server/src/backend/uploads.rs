@@ -9,7 +9,7 @@ use app::analyse::FileOutcome;
 use app::errors::ApiError;
 use app::types::*;
 use kadr_engine::batcher::Announced;
-use kadr_engine::decode::{decode_for, decode_limited};
+use kadr_engine::decode::decode_for;
 use kadr_engine::embed::imagenet_class;
 use kadr_engine::expand::Expansion;
 use kadr_engine::index::Filter;
@@ -175,9 +175,9 @@ impl EngineBackend {
         let ws = &self.inner.ws;
         let t = Instant::now();
         // Decoding is CPU work: a few at a time, whatever the number of uploads in progress,
-        // so the full-size images in memory stay bounded too. Only the VLM needs the image
-        // after preprocessing, at full size (its processor picks its own resolution); without
-        // it a large JPEG is decoded reduced, as the index decodes it.
+        // so the images in memory stay bounded too. A large JPEG is decoded reduced, as the
+        // index decodes it: to what the backbone needs, or with a VLM to what it captions at;
+        // the VLM keeps the image after preprocessing.
         let (pixels, (width, height), img) = {
             let _turn = self.inner.decode_gate.enter();
             let refused = |e: kadr_engine::decode::DecodeError| {
@@ -185,16 +185,11 @@ impl EngineBackend {
                 ApiError::file(e.status(), name, e.to_string())
             };
             let spec = ws.embedder().preprocess_spec();
-            if self.inner.vlm.is_some() {
-                let img = decode_limited(bytes, self.inner.max_pixels).map_err(refused)?;
-                let pixels = kadr_engine::preprocess::preprocess(&img, &spec);
-                (pixels, img.dimensions(), Some(img))
-            } else {
-                let d = decode_for(bytes, self.inner.max_pixels, spec.resize_shorter)
-                    .map_err(refused)?;
-                let pixels = kadr_engine::preprocess::preprocess(&d.image, &spec);
-                (pixels, (d.width, d.height), None)
-            }
+            let d =
+                decode_for(bytes, self.inner.max_pixels, ws.decode_shorter()).map_err(refused)?;
+            let pixels = kadr_engine::preprocess::preprocess(&d.image, &spec);
+            let img = ws.vlm().map(|_| kadr_engine::vlm::caption_view(d.image));
+            (pixels, (d.width, d.height), img)
         };
         let decode_ms = ms(t);
         let t = Instant::now();
@@ -207,11 +202,11 @@ impl EngineBackend {
             .filter_map(|&(i, _)| imagenet_class(i))
             .collect();
         let t = Instant::now();
-        let text = match &self.inner.vlm {
+        // EMBEDDING=vlm: the query is the VLM's embedding of the image.
+        let vlm_view = img.clone().filter(|_| ws.is_vlm_space());
+        let text = match ws.vlm() {
             Some(vlm) => {
-                let img = img
-                    .as_ref()
-                    .ok_or_else(|| internal("no image for the VLM"))?;
+                let img = img.ok_or_else(|| internal("no image for the VLM"))?;
                 let mut categories: Vec<String> = ws
                     .store()
                     .counts(ws.embedder().model_id())
@@ -222,14 +217,10 @@ impl EngineBackend {
                     .collect();
                 categories.sort();
                 categories.dedup();
-                let mut vlm = lock(vlm)?;
-                let caption = vlm
-                    .caption(std::slice::from_ref(img), self.inner.caption_tokens)
-                    .map_err(|e| internal(format!("captioning failed: {e:#}")))?
-                    .pop();
                 // Zero-shot needs something to choose between.
                 let mut labels: Vec<ScoredLabel> = if categories.len() >= 2 {
-                    vlm.zero_shot(img, &categories)
+                    vlm.lock()
+                        .zero_shot(&img, &categories)
                         .map_err(|e| internal(format!("zero-shot labelling failed: {e:#}")))?
                         .into_iter()
                         .map(|(label, score)| ScoredLabel { label, score })
@@ -239,6 +230,11 @@ impl EngineBackend {
                 };
                 labels.sort_by(|a, b| b.score.total_cmp(&a.score));
                 labels.truncate(TEXT_LABELS);
+                // An indexed image's caption is reused; a new one is made at the size the
+                // index captions at, so that a fused query is made like the indexed vectors.
+                let caption = ws
+                    .caption_of(hash, img)
+                    .map_err(|e| internal(format!("captioning failed: {e:#}")))?;
                 TextAnalysis {
                     source: TextSource::Vlm,
                     caption,
@@ -260,13 +256,23 @@ impl EngineBackend {
             },
         };
         let text_ms = ms(t);
-        // In a fused space the query is fused the way the index was: with the label text.
+        // In a fused space the query is fused the way the index was: with the image's text
+        // (with a VLM its caption, then the labels).
         let t = Instant::now();
         let embedding = match ws.fusion() {
+            None if vlm_view.is_some() => ws
+                .vlm_vector_of(hash, vlm_view.unwrap_or_default())
+                .map_err(|e| internal(format!("VLM embedding failed: {e:#}")))?
+                .ok_or_else(|| internal("not a VLM space"))?,
             None => visual,
             Some(f) => {
-                let words = kadr_engine::fusion::image_text(&names)
-                    .ok_or_else(|| internal("the backbone gives no labels to fuse with"))?;
+                let labels = kadr_engine::fusion::image_text(&names);
+                let words = kadr_engine::fusion::text_of(
+                    ws.vlm().is_some(),
+                    text.caption.as_deref(),
+                    labels.as_deref(),
+                )
+                .ok_or_else(|| internal("the image has no text to fuse with"))?;
                 let t = f
                     .text
                     .embed(&[words])

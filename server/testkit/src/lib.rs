@@ -1,5 +1,6 @@
 //! Helpers for the integration tests and examples of kadr's crates: where the shared folder
-//! and the real models are, a tiny real-architecture ConvNeXt, and synthetic image folders.
+//! and the real models are, a tiny real-architecture ConvNeXt and Qwen2-VL, and synthetic
+//! image folders.
 //! Test code only; nothing here is linked into the `kadr` binary.
 
 use candle_core::{Device, Tensor};
@@ -53,6 +54,99 @@ pub fn minilm_dir() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The tiny tokenizer's words, from id 10.
+const WORDS: &[&str] = &[
+    "system",
+    "You",
+    "are",
+    "a",
+    "helpful",
+    "assistant",
+    ".",
+    "user",
+    "Describe",
+    "this",
+    "image",
+    "in",
+    "one",
+    "sentence",
+    "What",
+    "is",
+    "?",
+    "Answer",
+    "with",
+    "category",
+    "cat",
+    "dog",
+    "red",
+    "car",
+];
+
+/// The tiny model's tokenizer.
+fn tiny_qwen2vl_tokenizer() -> String {
+    let specials = [
+        (247, "<|im_start|>"),
+        (248, "<|im_end|>"),
+        (249, "<|endoftext|>"),
+        (250, "<|image_pad|>"),
+        (252, "<|vision_start|>"),
+        (253, "<|vision_end|>"),
+    ];
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("[UNK]".into(), 0.into());
+    for (i, w) in WORDS.iter().enumerate() {
+        vocab.insert(w.to_string(), (10 + i).into());
+    }
+    for (id, t) in specials {
+        vocab.insert(t.into(), id.into());
+    }
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .map(|(id, t)| {
+            serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    })
+    .to_string()
+}
+
+/// The tiny Qwen2-VL golden model as a folder in hub layout (config, safetensors, and a small
+/// word-level `tokenizer.json` whose special tokens sit at the tiny config's ids), a new
+/// folder under the temporary directory per call (tests run at once, and some remove theirs).
+/// Its captions are noise, but every step of the real path runs.
+pub fn tiny_qwen2vl_dir() -> PathBuf {
+    let root = shared_dir();
+    let golden = root.join("golden");
+    // One folder per call: the tests run at once and some remove theirs.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("qwen2vl-tiny-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = candle_core::safetensors::load(golden.join("qwen2vl_tiny.safetensors"), &Device::Cpu)
+        .unwrap();
+    let weights: HashMap<String, Tensor> = all
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("weights.").map(|k| (k.to_string(), v)))
+        .collect();
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("qwen2vl_tiny.json")).unwrap())
+            .unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        json["config_json_like_hub"].to_string(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tiny_qwen2vl_tokenizer()).unwrap();
+    dir
 }
 
 /// A deterministic image: a colour per category with a pattern per index.

@@ -1,6 +1,6 @@
 //! Search by text: a sentence ("a red car", "espresso") embedded by the text model and searched
-//! against the texts of the stored images (their backbone labels), alone or fused with an
-//! example image.
+//! against the texts of the stored images (with a VLM their captions and labels, without one
+//! their backbone labels), alone or fused with an example image.
 //!
 //! - Text alone: the sentence's embedding against every image's text embedding, in an exact
 //!   in-memory FAISS index of the text space. It is built on the first text search and again
@@ -9,7 +9,8 @@
 //! - Text and an image: the score is the fused space's cosine,
 //!   [`blend`]`(cos_visual, cos_text, w)` at the fusion weight `w`. A fused workspace's index
 //!   computes exactly that for the fused query; a visual one takes the best candidates by text
-//!   and by image and scores each of them so.
+//!   and by image and scores each of them so (a VLM space's by text only: its index holds no
+//!   visual vectors).
 
 use super::{lock, Neighbour, Workspace};
 use crate::fusion::{blend, fuse};
@@ -111,14 +112,17 @@ impl Workspace {
                     .iter()
                     .map(|h| h.id)
                     .collect();
-                ids.extend(self.search(v, n, filter)?.iter().map(|h| h.id));
+                // The index of a VLM space holds no visual vectors: candidates by text only.
+                if !self.is_vlm_space() {
+                    ids.extend(self.search(v, n, filter)?.iter().map(|h| h.id));
+                }
                 ids.sort_unstable();
                 ids.dedup();
                 let w = self.text_weight();
                 let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
                 let pairs = self.store().vector_pairs_of(
                     self.embedder.model_id(),
-                    model.model_id(),
+                    self.text_key(model.model_id()),
                     &ids,
                 )?;
                 let mut hits: Vec<Hit> = pairs
@@ -147,7 +151,8 @@ impl Workspace {
                 return Ok(index.clone());
             }
         }
-        let missing = self.store().missing_texts(visual, model.model_id())?;
+        let key = self.text_key(model.model_id());
+        let missing = self.store().missing_texts(visual, key)?;
         if !missing.is_empty() {
             tracing::info!(
                 "text search: embedding the texts of {} stored images",
@@ -157,12 +162,13 @@ impl Workspace {
         for chunk in missing.chunks(super::TEXT_BACKFILL_CHUNK) {
             self.text_vectors_with(model, chunk)?;
         }
-        let (entries, data) = self.store().all_text_vectors(visual, model.model_id())?;
+        let (entries, data) = self.store().all_text_vectors(visual, key)?;
         if entries.is_empty() {
             bail!(
-                "no indexed image has a text to search: the texts are the backbone's ImageNet \
-                 labels, which {visual} does not give (use a backbone with an ImageNet-1k \
-                 classifier, such as the default tf_efficientnet_lite0), or nothing is indexed yet"
+                "no indexed image has a text to search: nothing is indexed yet, or the texts \
+                 (a VLM's captions, else the backbone's ImageNet labels) are missing: {visual} \
+                 gives no labels and no VLM is configured (set VLM_PATH, or use a backbone with \
+                 an ImageNet-1k classifier, such as the default tf_efficientnet_lite0)"
             );
         }
         let index = Arc::new(FaissIndex::build(
