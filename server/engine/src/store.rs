@@ -300,14 +300,26 @@ impl Store {
         text_model: &str,
         rows: &[(String, String, Vec<f32>)],
     ) -> Result<()> {
+        self.each_in_one_transaction(
+            "INSERT OR REPLACE INTO text_embeddings (hash, text_model, text, embedding)
+             VALUES (?1, ?2, ?3, ?4)",
+            rows,
+            |ins, (hash, text, v)| ins.execute(params![hash, text_model, text, to_blob(v)]),
+        )
+    }
+
+    /// Runs the statement `sql` once per row of `rows`, bound by `run`, in one transaction.
+    fn each_in_one_transaction<T>(
+        &mut self,
+        sql: &str,
+        rows: &[T],
+        run: impl Fn(&mut rusqlite::CachedStatement, &T) -> rusqlite::Result<usize>,
+    ) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let mut ins = tx.prepare_cached(
-                "INSERT OR REPLACE INTO text_embeddings (hash, text_model, text, embedding)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for (hash, text, v) in rows {
-                ins.execute(params![hash, text_model, text, to_blob(v)])?;
+            let mut st = tx.prepare_cached(sql)?;
+            for row in rows {
+                run(&mut st, row)?;
             }
         }
         tx.commit()?;
@@ -347,17 +359,11 @@ impl Store {
 
     /// Records (hash, caption) pairs under the VLM `vlm` in one transaction.
     pub fn insert_captions(&mut self, vlm: &str, rows: &[(String, String)]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT OR REPLACE INTO captions (hash, vlm, caption) VALUES (?1, ?2, ?3)",
-            )?;
-            for (hash, caption) in rows {
-                ins.execute(params![hash, vlm, caption])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        self.each_in_one_transaction(
+            "INSERT OR REPLACE INTO captions (hash, vlm, caption) VALUES (?1, ?2, ?3)",
+            rows,
+            |ins, (hash, caption)| ins.execute(params![hash, vlm, caption]),
+        )
     }
 
     /// How many contents have a caption under `vlm`.
@@ -382,17 +388,11 @@ impl Store {
 
     /// Records (hash, VLM embedding) pairs under `vlm` in one transaction.
     pub fn insert_vlm_embeddings(&mut self, vlm: &str, rows: &[(String, Vec<f32>)]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT OR REPLACE INTO vlm_embeddings (hash, vlm, embedding) VALUES (?1, ?2, ?3)",
-            )?;
-            for (hash, v) in rows {
-                ins.execute(params![hash, vlm, to_blob(v)])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        self.each_in_one_transaction(
+            "INSERT OR REPLACE INTO vlm_embeddings (hash, vlm, embedding) VALUES (?1, ?2, ?3)",
+            rows,
+            |ins, (hash, v)| ins.execute(params![hash, vlm, to_blob(v)]),
+        )
     }
 
     /// Every (entry, VLM embedding) of `model`'s rows whose content has one under `vlm`, in id
@@ -927,14 +927,17 @@ mod tests {
         assert_eq!(s.generation("m").unwrap(), 3);
     }
 
+    fn labelled(path: &str, hash: &str, v: f32, text: &str) -> NewImage {
+        NewImage {
+            labels: Some(text.into()),
+            ..img(path, hash, v)
+        }
+    }
+
     #[test]
     fn text_embeddings_join_rows_by_hash_and_text() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("m.sqlite")).unwrap();
-        let labelled = |path, hash, v, text: &str| NewImage {
-            labels: Some(text.into()),
-            ..img(path, hash, v)
-        };
         let (ids, _) = s
             .insert_batch(
                 "m",
@@ -1020,10 +1023,6 @@ mod tests {
     fn captioned_texts_join_like_the_rust_formula() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("m.sqlite")).unwrap();
-        let labelled = |path, hash, v, text: &str| NewImage {
-            labels: Some(text.into()),
-            ..img(path, hash, v)
-        };
         let (ids, _) = s
             .insert_batch(
                 "m",

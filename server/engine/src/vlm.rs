@@ -37,7 +37,9 @@ impl VlmPool {
 /// A loaded VLM with what its captions depend on besides the image.
 pub struct Vlm {
     model: Mutex<Qwen2Vl>,
-    /// The model's id, the caption prompt and the token budget: captions are stored under it.
+    /// The model's id and the caption prompt's hash: what its outputs depend on.
+    model_prompt: String,
+    /// That and the token budget: captions are stored under it.
     id: String,
     caption_tokens: usize,
     /// Captions generated since load (the store keeps them, so a re-index makes none).
@@ -58,9 +60,11 @@ impl Vlm {
     /// Wraps a loaded model; captions get at most `caption_tokens` new tokens.
     pub fn new(model: Qwen2Vl, caption_tokens: usize) -> Self {
         let prompt = blake3::hash(model.caption_prompt.as_bytes()).to_hex();
-        let id = format!("{}/p{}/t{caption_tokens}", model.id, &prompt[..8]);
+        let model_prompt = format!("{}/p{}", model.id, &prompt[..8]);
+        let id = format!("{model_prompt}/t{caption_tokens}");
         Self {
             model: Mutex::new(model),
+            model_prompt,
             id,
             caption_tokens,
             made: AtomicU64::new(0),
@@ -80,9 +84,7 @@ impl Vlm {
     /// What VLM embeddings pooled by `pool` are stored under: the model, the prompt and the
     /// pooling (not the token budget: nothing is generated).
     pub fn embedding_id(&self, pool: VlmPool) -> String {
-        let model = self.lock();
-        let prompt = blake3::hash(model.caption_prompt.as_bytes()).to_hex();
-        format!("{}/p{}/pool={}", model.id, &prompt[..8], pool.name())
+        format!("{}/pool={}", self.model_prompt, pool.name())
     }
 
     /// VLM embeddings of `images` (each scaled like a caption's, see [`caption_view`]): the

@@ -944,14 +944,13 @@ impl Workspace {
         };
         let (mut caption, mut embed) = ((vec![], vec![]), (vec![], vec![]));
         for f in images {
-            if f.embed {
+            if f.embed && f.caption {
                 embed.0.push(f.hash.clone());
                 embed.1.push(f.image.clone());
             }
-            if f.caption {
-                caption.0.push(f.hash);
-                caption.1.push(f.image);
-            }
+            let to = if f.caption { &mut caption } else { &mut embed };
+            to.0.push(f.hash);
+            to.1.push(f.image);
         }
         if !caption.0.is_empty() {
             let captions = vlm.caption(caption.1)?;
@@ -1228,24 +1227,35 @@ impl Workspace {
                 .vlm_vector_of(&hash, caption_view(img))?
                 .context("not a VLM space");
         }
-        let Some(f) = &self.fusion else {
+        if self.fusion.is_none() {
             return self.embed_visual_bytes(bytes);
-        };
+        }
         let img = decode_for(bytes, MAX_PIXELS, self.decode_shorter())?.image;
         let data = crate::preprocess::preprocess(&img, &spec);
         let (v, labels) = self
             .embedder
             .embed_preprocessed_labelled(&data, 1, IMAGE_TEXT_LABELS)?
             .remove(0);
-        let labels = image_text(&labels);
         let hash = blake3::hash(bytes).to_hex().to_string();
         let caption = match self.captions {
             true => self.caption_of(&hash, caption_view(img))?,
             false => None,
         };
-        let text = text_of(self.vlm.is_some(), caption.as_deref(), labels.as_deref());
+        self.fuse_query(&v, caption.as_deref(), image_text(&labels).as_deref())
+    }
+
+    /// A query's vector in this fused space from its visual embedding, caption and labels:
+    /// its text made as an indexed image's is (the caption only when indexing captions).
+    pub fn fuse_query(
+        &self,
+        visual: &[f32],
+        caption: Option<&str>,
+        labels: Option<&str>,
+    ) -> Result<Vec<f32>> {
+        let f = self.fusion.as_ref().context("not a fused workspace")?;
+        let text = text_of(self.captions, caption, labels);
         let t = f.text.embed(&[require_text(text)?])?.remove(0);
-        Ok(f.fuse(&v, &t))
+        Ok(f.fuse(visual, &t))
     }
 
     /// The `k` most similar indexed images to an embedding among those `filter` lets

@@ -203,7 +203,7 @@ impl EngineBackend {
             .collect();
         let t = Instant::now();
         // EMBEDDING=vlm: the query is the VLM's embedding of the image.
-        let vlm_view = img.clone().filter(|_| ws.is_vlm_space());
+        let vlm_view = img.as_ref().filter(|_| ws.is_vlm_space()).cloned();
         let text = match ws.vlm() {
             Some(vlm) => {
                 let img = img.ok_or_else(|| internal("no image for the VLM"))?;
@@ -259,26 +259,16 @@ impl EngineBackend {
         // In a fused space the query is fused the way the index was: with the image's text
         // (with a VLM its caption, then the labels).
         let t = Instant::now();
-        let embedding = match ws.fusion() {
-            None if vlm_view.is_some() => ws
-                .vlm_vector_of(hash, vlm_view.unwrap_or_default())
+        let embedding = match (vlm_view, ws.fusion()) {
+            (Some(view), _) => ws
+                .vlm_vector_of(hash, view)
                 .map_err(|e| internal(format!("VLM embedding failed: {e:#}")))?
                 .ok_or_else(|| internal("not a VLM space"))?,
-            None => visual,
-            Some(f) => {
+            (None, None) => visual,
+            (None, Some(_)) => {
                 let labels = kadr_engine::fusion::image_text(&names);
-                let words = kadr_engine::fusion::text_of(
-                    ws.vlm().is_some(),
-                    text.caption.as_deref(),
-                    labels.as_deref(),
-                )
-                .ok_or_else(|| internal("the image has no text to fuse with"))?;
-                let t = f
-                    .text
-                    .embed(&[words])
-                    .map_err(|e| internal(format!("text embedding failed: {e:#}")))?
-                    .remove(0);
-                f.fuse(&visual, &t)
+                ws.fuse_query(&visual, text.caption.as_deref(), labels.as_deref())
+                    .map_err(|e| internal(format!("fusing the text failed: {e:#}")))?
             }
         };
         embed_ms += ms(t);

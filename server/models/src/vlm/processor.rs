@@ -652,10 +652,7 @@ impl Qwen2Vl {
         };
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(self.max_batch.max(1)) {
-            let prompts = chunk
-                .iter()
-                .map(|img| self.prompt(img, &self.caption_prompt))
-                .collect::<Result<Vec<_>>>()?;
+            let prompts = self.caption_prompts(chunk)?;
             for ids in self.model.generate(&prompts, &params)? {
                 out.push(self.tokenizer.decode(&ids)?.trim().to_string());
             }
@@ -668,13 +665,18 @@ impl Qwen2Vl {
     pub fn embed(&mut self, images: &[RgbImage]) -> Result<Vec<super::qwen2vl::Pooled>> {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(self.max_batch.max(1)) {
-            let prompts = chunk
-                .iter()
-                .map(|img| self.prompt(img, &self.caption_prompt))
-                .collect::<Result<Vec<_>>>()?;
+            let prompts = self.caption_prompts(chunk)?;
             out.extend(self.model.pooled_hidden(&prompts)?);
         }
         Ok(out)
+    }
+
+    /// The caption prompt about each image.
+    fn caption_prompts(&self, images: &[RgbImage]) -> Result<Vec<Prompt>> {
+        images
+            .iter()
+            .map(|img| self.prompt(img, &self.caption_prompt))
+            .collect()
     }
 
     /// Probability of each label (input order) as the answer to `zero_shot_prompt`: the
