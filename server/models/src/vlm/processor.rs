@@ -517,8 +517,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The identity of the model in `dir`: its folder name and the blake3 of every file that
-/// changes what it says (config, tokenizer, preprocessor, weights; memory-mapped and hashed on
-/// all cores, about a second for the 2B model's 4.4 GB).
+/// changes what it says (config, tokenizer, preprocessor, weights; the weights memory-mapped and
+/// hashed on all cores, once per load: not timed here on the real 2B model, which is not here).
 fn model_id(dir: &Path, weights: &[PathBuf]) -> Result<String> {
     let mut h = blake3::Hasher::new();
     let small = [
