@@ -18,7 +18,7 @@ use leptos::prelude::*;
 use leptos::server_fn::codec::GetUrl;
 
 /// Dashboard figures; votes are counted under the given tuning (URL names, all optional).
-// The tuning's ten URL names are the endpoint's query parameters.
+// The tuning's twelve URL names are the endpoint's query parameters.
 #[allow(clippy::too_many_arguments)]
 #[server(prefix = "/api/v1", endpoint = "stats", input = GetUrl)]
 pub async fn get_stats(
@@ -31,6 +31,8 @@ pub async fn get_stats(
     ignore: Option<String>,
     qe: Option<usize>,
     qa: Option<f32>,
+    dba: Option<usize>,
+    da: Option<f32>,
     by: Option<String>,
 ) -> Result<Stats, ApiError> {
     use crate::backend::blocking;
@@ -45,6 +47,8 @@ pub async fn get_stats(
         ignore,
         qe,
         qa,
+        dba,
+        da,
         by,
     }
     .tuning(&defaults)?;
@@ -106,7 +110,7 @@ fn Dashboard(defaults: UiDefaults) -> impl IntoView {
         |t| {
             let a = crate::tuning::TuningArgs::of(t);
             get_stats(
-                a.t, a.rel, a.conf, a.k, a.mode, a.rename, a.ignore, a.qe, a.qa, a.by,
+                a.t, a.rel, a.conf, a.k, a.mode, a.rename, a.ignore, a.qe, a.qa, a.dba, a.da, a.by,
             )
         },
     );

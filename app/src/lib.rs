@@ -54,7 +54,7 @@ pub mod backend {
     use crate::types::*;
     use crate::vote::VoteConfig;
     use kadr_types::dupes::DupesReport;
-    use kadr_types::expand::Expansion;
+    use kadr_types::expand::Rerank;
     pub use kadr_types::filter::Filter;
 
     /// A place in the embedding queue (see [`Backend::admit`]), freed when dropped.
@@ -83,19 +83,14 @@ pub mod backend {
         >;
         /// The analysis of content `hash`: an upload analysed before, or an indexed image;
         /// its hits are the indexed images `filter` lets through.
-        /// The query is expanded by `qe` before it is searched.
-        fn analysis(
-            &self,
-            hash: &str,
-            filter: &Filter,
-            qe: &Expansion,
-        ) -> Result<Analysis, ApiError>;
+        /// The search is re-ranked by `rr` (query expansion, database-side augmentation).
+        fn analysis(&self, hash: &str, filter: &Filter, rr: &Rerank) -> Result<Analysis, ApiError>;
         /// The analysis of content `hash` if one is stored (a search, no embedding).
         fn cached_analysis(
             &self,
             hash: &str,
             filter: &Filter,
-            qe: &Expansion,
+            rr: &Rerank,
         ) -> Result<Option<Analysis>, ApiError>;
         /// Dashboard figures under a tuning (`cfg`: its vote, validated).
         fn stats(&self, tuning: &Tuning, cfg: &VoteConfig) -> Result<Stats, ApiError>;

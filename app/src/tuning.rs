@@ -1,8 +1,9 @@
 //! Tuning: the settings that turn neighbours into matches and a category, kept in the page URL
 //! so a view can be shared. The panel is a plain GET form (works with JavaScript off: "Apply"
 //! reloads the page); once hydrated every change rewrites the URL at once and the results on
-//! screen re-rank in the browser, without searching again, except for query expansion, which
-//! changes the query and so searches again (one request per result shown).
+//! screen re-rank in the browser, without searching again, except for query expansion and
+//! database augmentation, which change what is searched and so search again (one request per
+//! result shown).
 
 use crate::types::{Decider, Tuning, MAX_K};
 use leptos::prelude::*;
@@ -24,6 +25,8 @@ pub struct TuningArgs {
     pub ignore: Option<String>,
     pub qe: Option<usize>,
     pub qa: Option<f32>,
+    pub dba: Option<usize>,
+    pub da: Option<f32>,
     pub by: Option<String>,
 }
 
@@ -40,6 +43,8 @@ impl TuningArgs {
             ignore: Some(t.ignore),
             qe: Some(t.qe),
             qa: Some(t.qe_alpha),
+            dba: Some(t.dba),
+            da: Some(t.dba_alpha),
             by: Some(t.by.as_str().to_string()),
         }
     }
@@ -60,6 +65,8 @@ impl TuningArgs {
                 "ignore" => self.ignore.clone(),
                 "qe" => self.qe.map(|v| v.to_string()),
                 "qa" => self.qa.map(|v| v.to_string()),
+                "dba" => self.dba.map(|v| v.to_string()),
+                "da" => self.da.map(|v| v.to_string()),
                 "by" => self.by.clone(),
                 _ => None,
             }
@@ -288,6 +295,32 @@ pub fn TuningPanel(tuning: Memo<Tuning>) -> impl IntoView {
                     tuning,
                     |t| t.qe_alpha.to_string(),
                     |t, v: f32| t.qe_alpha = v,
+                    update.clone(),
+                )}
+                {number_field(
+                    NumberSpec {
+                        name: "dba",
+                        label: "Database augmentation",
+                        testid: "dba",
+                        range: ("0", MAX_K.to_string(), "1"),
+                        title: Some("Each indexed image is searched as averaged with this many of its nearest others (0: off)"),
+                    },
+                    tuning,
+                    |t| t.dba.to_string(),
+                    |t, v: usize| t.dba = v,
+                    update.clone(),
+                )}
+                {number_field(
+                    NumberSpec {
+                        name: "da",
+                        label: "DBA weight α",
+                        testid: "dba-alpha",
+                        range: ("0", "100".into(), "0.5"),
+                        title: Some("Each neighbour weighs its similarity to this power"),
+                    },
+                    tuning,
+                    |t| t.dba_alpha.to_string(),
+                    |t, v: f32| t.dba_alpha = v,
                     update.clone(),
                 )}
             </div>

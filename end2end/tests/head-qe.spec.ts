@@ -1,11 +1,11 @@
 // The trained head and query expansion on the results: scripts/e2e-server.sh trains a head
 // (`kadr train`) before serving. A result shows the head's guess beside the vote; "category
-// from" switches what gives the category (in the URL, in the submission); query expansion
-// searches again and the hits say so, with JavaScript and without.
+// from" switches what gives the category (in the URL, in the submission); query expansion and
+// database augmentation search again and the hits say so, with JavaScript and without.
 import { test, expect } from '@playwright/test';
 import { dropFiles, imagesFromCategories, watchErrors } from './helpers';
 
-test('the head beside the vote, category from the head, and query expansion', async ({ page, browser, request }) => {
+test('the head beside the vote, category from the head, query expansion and database augmentation', async ({ page, browser, request }) => {
   test.skip(!!process.env.KADR_E2E_URL, 'the head is trained by scripts/e2e-server.sh');
   const errors = watchErrors(page);
   const [[category, file]] = imagesFromCategories(1);
@@ -48,13 +48,24 @@ test('the head beside the vote, category from the head, and query expansion', as
   expect(searches.length).toBe(1);
   expect(searches[0]).toContain('qe=2');
 
+  // Database augmentation too: one more search, against the augmented indexed images.
+  await page.getByTestId('dba').fill('2');
+  await page.getByTestId('dba').press('Enter');
+  await expect(page).toHaveURL(/qe=2&qa=3&dba=2&da=3/);
+  await expect(visual).toHaveAttribute('data-dba', '2');
+  await expect(visual).toContainText('indexed images augmented with 2 neighbours');
+  expect(searches.length).toBe(2);
+  expect(searches[1]).toContain('dba=2');
+
   // The permanent page with the same tuning, server-rendered without JavaScript.
   const permalink = await card.getByTestId('permalink').getAttribute('href');
   expect(permalink).toContain('qe=2');
+  expect(permalink).toContain('dba=2');
   const context = await browser.newContext({ javaScriptEnabled: false });
   const noJs = await context.newPage();
   expect((await noJs.goto(permalink!))?.status()).toBe(200);
   await expect(noJs.getByTestId('visual-match')).toHaveAttribute('data-qe', '2');
+  await expect(noJs.getByTestId('visual-match')).toHaveAttribute('data-dba', '2');
   await expect(noJs.getByTestId('category-match')).toHaveAttribute('data-by', 'head');
   await expect(noJs.getByTestId('head-guess')).toHaveAttribute('data-category', category);
   await context.close();

@@ -151,7 +151,7 @@ async fn image(
         .into_response())
 }
 
-/// What an export asks for: the analyses (searched with the tuning's query expansion) and
+/// What an export asks for: the analyses (searched with the tuning's re-ranking) and
 /// how their categories are decided.
 struct Export {
     analyses: Vec<Analysis>,
@@ -171,7 +171,7 @@ fn export(
     filter: &Filter,
 ) -> Result<Export, ApiError> {
     let (hashes, tuning, cfg) = export_request(backend, q)?;
-    let analyses = backend.analyses(&hashes, filter, &tuning.expansion())?;
+    let analyses = backend.analyses(&hashes, filter, &tuning.rerank())?;
     let (by, reason) = match tuning.by {
         Decider::Best => {
             let c = backend.category_choice(&cfg)?;
@@ -437,6 +437,7 @@ mod tests {
             indexed_category: None,
             head: None,
             expansion: Default::default(),
+            augmentation: Default::default(),
         };
         let tuning = Tuning {
             k: 3,
@@ -517,6 +518,7 @@ mod tests {
             indexed_category: None,
             head: None,
             expansion: Default::default(),
+            augmentation: Default::default(),
         };
         let tuning = Tuning {
             k: 1,

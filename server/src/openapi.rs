@@ -64,7 +64,7 @@ fn tuning_params() -> Vec<Value> {
     ]
 }
 
-/// Query expansion's parameters (the page URL's names).
+/// Query expansion's and database augmentation's parameters (the page URL's names).
 fn expansion_params() -> Vec<Value> {
     vec![
         query(
@@ -79,10 +79,22 @@ fn expansion_params() -> Vec<Value> {
             json!({"type": "number", "minimum": 0, "maximum": app::expand::MAX_ALPHA, "default": app::expand::DEFAULT_ALPHA}),
             false,
         ),
+        query(
+            "dba",
+            "database-side augmentation: the indexed images are searched as each averaged with its N nearest others (0: off; default: the server's DBA setting)",
+            json!({"type": "integer", "minimum": 0, "maximum": app::expand::MAX_N}),
+            false,
+        ),
+        query(
+            "da",
+            "database-side augmentation: each neighbour weighs its similarity to this power",
+            json!({"type": "number", "minimum": 0, "maximum": app::expand::MAX_ALPHA, "default": app::expand::DEFAULT_ALPHA}),
+            false,
+        ),
     ]
 }
 
-/// Every parameter of a page's tuning: the vote's, query expansion's, and the category source.
+/// Every parameter of a page's tuning: the vote's, the re-ranking's, and the category source.
 fn all_tuning_params() -> Vec<Value> {
     let mut p = tuning_params();
     p.extend(expansion_params());

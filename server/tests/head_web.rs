@@ -114,6 +114,23 @@ fn head_and_query_expansion_in_the_api_agree_with_the_cli() {
         ],
     ));
     let cli: serde_json::Value = serde_json::from_str(searched.lines().last().unwrap()).unwrap();
+    // ... and with the indexed images augmented by their 2 nearest others.
+    let augmented = ok(&kadr(
+        &home,
+        &[
+            "search",
+            "--json",
+            "-k",
+            "10",
+            "--dba",
+            "2",
+            "--dba-alpha",
+            "1",
+            query.to_str().unwrap(),
+        ],
+    ));
+    let cli_dba: serde_json::Value =
+        serde_json::from_str(augmented.lines().last().unwrap()).unwrap();
 
     let server = Server::start(
         &home,
@@ -156,6 +173,24 @@ fn head_and_query_expansion_in_the_api_agree_with_the_cli() {
     assert!(
         plain.iter().zip(&web).any(|(a, b)| (a - b).abs() > 1e-3),
         "the expansion changed nothing: {plain:?}"
+    );
+    // dba=2: the CLI's search against the augmented images, and not the plain search.
+    let dba = server.get(&format!("/api/v1/analysis?hash={hash}&dba=2&da=1"));
+    assert_eq!(dba.status, 200, "{}", dba.text());
+    let dba = dba.json();
+    assert_eq!(
+        (&dba["augmentation"]["n"], &dba["expansion"]["n"]),
+        (&2.into(), &0.into())
+    );
+    let web: Vec<f64> = scores(&dba["hits"]).into_iter().take(10).collect();
+    let want = scores(&cli_dba["neighbours"]);
+    assert_eq!(web.len(), want.len());
+    for (w, c) in web.iter().zip(&want) {
+        assert!((w - c).abs() < 1e-3, "web {web:?}\ncli {want:?}");
+    }
+    assert!(
+        plain.iter().zip(&web).any(|(a, b)| (a - b).abs() > 1e-3),
+        "the augmentation changed nothing: {plain:?}"
     );
 
     // "best": the more accurate on valid/ by the CLI's own figures (k 10, every neighbour
@@ -221,6 +256,9 @@ fn head_and_query_expansion_in_the_api_agree_with_the_cli() {
     for (path, field) in [
         (format!("/api/v1/analysis?hash={hash}&qe=1000"), "qe"),
         (format!("/api/v1/analysis?hash={hash}&qe=2&qa=-1"), "qa"),
+        (format!("/api/v1/analysis?hash={hash}&dba=1000"), "dba"),
+        (format!("/api/v1/analysis?hash={hash}&dba=2&da=-1"), "da"),
+        ("/api/v1/stats?dba=1000".to_string(), "dba"),
         (format!("/api/v1/export.csv?hashes={hash}&by=oracle"), "by"),
         (
             format!("/api/v1/submission.csv?hashes={hash}&qe=many"),

@@ -3,6 +3,7 @@
 use super::items::*;
 use super::server::*;
 use crate::errors::ApiError;
+use crate::expand::{Expansion, Rerank};
 use crate::search::SearchBox;
 use crate::tuning::{use_tuning, TuningPanel};
 use crate::types::*;
@@ -257,7 +258,7 @@ pub fn use_choice(tuning: Memo<Tuning>) -> Choice {
         move || {
             let t = tuning.get();
             // Only the vote's fields matter to the choice.
-            (t.by == Decider::Best).then_some(Tuning { qe: 0, ..t })
+            (t.by == Decider::Best).then_some(Tuning { qe: 0, dba: 0, ..t })
         },
         |t| async move {
             match t {
@@ -320,8 +321,9 @@ pub fn ExportLinks(
 }
 
 /// One analysis under the current tuning: visual match, category match (the vote, and the
-/// head's guess when a head is trained), AI text. When the tuning's query expansion is not
-/// the one the hits were searched with, the analysis is fetched again with it.
+/// head's guess when a head is trained), AI text. When the tuning's re-ranking (query
+/// expansion, database augmentation) is not the one the hits were searched with, the analysis
+/// is fetched again with it.
 #[component]
 pub fn ResultCard(
     analysis: Arc<Analysis>,
@@ -332,19 +334,21 @@ pub fn ResultCard(
     let src = preview.unwrap_or_else(|| format!("/img/{}?size=thumb", analysis.hash));
     let a = analysis.clone();
     let permalink = move || format!("/a/{}?{}", a.hash, tuning.get().to_query());
-    let searched = analysis.expansion;
+    let searched = Rerank {
+        qe: analysis.expansion,
+        dba: analysis.augmentation,
+    };
     let hash = analysis.hash.clone();
     let again = Resource::new(
         move || {
-            let want = tuning.get().expansion();
-            let same = want == searched || (want.is_off() && searched.is_off());
-            (!same && want.validate().is_ok()).then_some(want)
+            let want = tuning.get().rerank();
+            (!same_rerank(&want, &searched) && want.validate().is_ok()).then_some(want)
         },
         move |want| {
             let hash = hash.clone();
             async move {
                 match want {
-                    Some(e) => Some(get_analysis(hash, None, None, Some(e.n), Some(e.alpha)).await),
+                    Some(rr) => Some(analysis_reranked(hash, rr).await),
                     None => None,
                 }
             }
@@ -371,6 +375,7 @@ pub fn ResultCard(
             decision,
             a.head.clone(),
             a.expansion,
+            a.augmentation,
         ))
     };
     let text = analysis.text.clone();
@@ -398,11 +403,11 @@ pub fn ResultCard(
             </header>
             {move || match ranked() {
                 Err(e) => view! { <ErrorBox error=e /> }.into_any(),
-                Ok((matches, vote, decision, head, expansion)) => {
+                Ok((matches, vote, decision, head, expansion, augmentation)) => {
                     let by_head = decision.by == Decider::Head;
                     view! {
                         <div class="grid gap-4 md:grid-cols-[1fr_14rem]">
-                            <section data-testid="visual-match" data-qe=expansion.n>
+                            <section data-testid="visual-match" data-qe=expansion.n data-dba=augmentation.n>
                                 <h4 class="mb-2 text-xs font-semibold uppercase tracking-wide text-slate-500">
                                     "Visual match "
                                     <span data-testid="match-count">{matches.len()}</span>
@@ -412,6 +417,14 @@ pub fn ResultCard(
                                                 " · query expanded with {} neighbours (α {})",
                                                 expansion.n,
                                                 expansion.alpha,
+                                            )
+                                        })}
+                                    {(!augmentation.is_off())
+                                        .then(|| {
+                                            format!(
+                                                " · indexed images augmented with {} neighbours (α {})",
+                                                augmentation.n,
+                                                augmentation.alpha,
                                             )
                                         })}
                                 </h4>
@@ -607,13 +620,11 @@ pub fn ResultPage() -> impl IntoView {
     let params = use_params_map();
     let hash = move || params.with(|p| p.get("hash").unwrap_or_default());
     let defaults = Resource::new(|| (), |_| get_defaults());
-    // The hits are searched with the query expansion of the URL the page was opened with, so
-    // it is right without JavaScript too; later changes are the card's to fetch.
-    let e = leptos_router::hooks::use_query_map()
-        .with_untracked(|q| Tuning::from_query(|k| q.get(k), &Tuning::default()).expansion());
-    let analysis = Resource::new(hash, move |h| {
-        get_analysis(h, None, None, Some(e.n), Some(e.alpha))
-    });
+    // The hits are searched with the re-ranking of the URL the page was opened with, so it is
+    // right without JavaScript too; later changes are the card's to fetch.
+    let rr = leptos_router::hooks::use_query_map()
+        .with_untracked(|q| Tuning::from_query(|k| q.get(k), &Tuning::default()).rerank());
+    let analysis = Resource::new(hash, move |h| analysis_reranked(h, rr));
     view! {
         <Suspense fallback=|| view! { <p>"Loading…"</p> }>
             {move || Suspend::new(async move {
@@ -628,6 +639,27 @@ pub fn ResultPage() -> impl IntoView {
             })}
         </Suspense>
     }
+}
+
+/// Whether two re-rankings search alike (expansions that are off are alike whatever their α).
+fn same_rerank(a: &Rerank, b: &Rerank) -> bool {
+    let same = |x: &Expansion, y: &Expansion| x == y || (x.is_off() && y.is_off());
+    same(&a.qe, &b.qe) && same(&a.dba, &b.dba)
+}
+
+/// The analysis of `hash` with all its hits, searched with `rr`.
+async fn analysis_reranked(hash: String, rr: Rerank) -> Result<Analysis, ApiError> {
+    let (qe, dba) = (rr.qe, rr.dba);
+    get_analysis(
+        hash,
+        None,
+        None,
+        Some(qe.n),
+        Some(qe.alpha),
+        Some(dba.n),
+        Some(dba.alpha),
+    )
+    .await
 }
 
 /// The `<title>` text of a result page. leptos_meta writes the title into the server's HTML

@@ -182,7 +182,8 @@ fn all_refused(outcomes: Vec<FileOutcome>) -> ApiError {
 /// The analysis of the image with content `hash` (an upload or an indexed image). `split` and
 /// `category` (comma-separated) keep only hits from those splits and categories, e.g.
 /// `split=train,valid` for the labelled references alone. `qe` (neighbours, 0 for none) and
-/// `qa` (α) expand the query before it is searched, as the tuning's query expansion does.
+/// `qa` (α) expand the query before it is searched, and `dba` and `da` search the indexed
+/// images augmented by their neighbours, as the tuning's re-ranking does.
 #[server(prefix = "/api/v1", endpoint = "analysis", input = GetUrl)]
 pub async fn get_analysis(
     hash: String,
@@ -190,6 +191,8 @@ pub async fn get_analysis(
     #[server(default)] category: Option<String>,
     #[server(default)] qe: Option<usize>,
     #[server(default)] qa: Option<f32>,
+    #[server(default)] dba: Option<usize>,
+    #[server(default)] da: Option<f32>,
 ) -> Result<Analysis, ApiError> {
     if !crate::types::is_content_hash(&hash) {
         return Err(ApiError::invalid(
@@ -197,13 +200,23 @@ pub async fn get_analysis(
             "must be 64 hexadecimal characters",
         ));
     }
-    let expansion = crate::expand::Expansion {
-        n: qe.unwrap_or(0),
-        alpha: qa.unwrap_or(crate::expand::DEFAULT_ALPHA),
+    let of = |n: Option<usize>, alpha: Option<f32>| crate::expand::Expansion {
+        n: n.unwrap_or(0),
+        alpha: alpha.unwrap_or(crate::expand::DEFAULT_ALPHA),
     };
-    expansion
-        .validate()
-        .map_err(|(field, why)| ApiError::invalid(if field == "qe" { "qe" } else { "qa" }, why))?;
+    let rerank = crate::expand::Rerank {
+        qe: of(qe, qa),
+        dba: of(dba, da),
+    };
+    // The error names the URL's parameter.
+    rerank.validate().map_err(|(field, why)| {
+        let key = match field {
+            "qe_alpha" => "qa",
+            "dba_alpha" => "da",
+            key => key,
+        };
+        ApiError::invalid(key, why)
+    })?;
     let hash = hash.to_ascii_lowercase();
     let filter = kadr_types::filter::Filter::parse(
         split.as_deref().unwrap_or(""),
@@ -212,7 +225,7 @@ pub async fn get_analysis(
     // A stored analysis is a search: it never queues behind the uploads being embedded.
     let (probe, f) = (hash.clone(), filter.clone());
     if let Some(a) =
-        crate::backend::blocking(move |b| b.cached_analysis(&probe, &f, &expansion)).await?
+        crate::backend::blocking(move |b| b.cached_analysis(&probe, &f, &rerank)).await?
     {
         return Ok(a);
     }
@@ -223,7 +236,7 @@ pub async fn get_analysis(
         .inspect_err(|e| e.set_response_status())?;
     crate::backend::blocking(move |b| {
         let _slot = slot;
-        b.analysis(&hash, &filter, &expansion)
+        b.analysis(&hash, &filter, &rerank)
     })
     .await
 }

@@ -357,6 +357,14 @@ pub struct Settings {
     /// Web app: default similarity threshold (cosine, -1 to 1)
     #[arg(long, env = "THRESHOLD", value_name = "THRESHOLD", default_value_t = DEFAULT_THRESHOLD, value_parser = check::f32_in("THRESHOLD", -1.0, 1.0), global = true)]
     pub threshold: f32,
+    /// Web app: default database-side augmentation (the tuning's `dba`: indexed images
+    /// searched as each averaged with its N nearest others; 0: off). When on, the server
+    /// builds the augmented copy at start and after every index job
+    #[arg(long = "serve-dba", env = "DBA", value_name = "DBA", default_value_t = 0, value_parser = check::between("DBA", 0usize, crate::expand::MAX_N), global = true)]
+    pub dba: usize,
+    /// Web app: the default database-side augmentation's weighting exponent
+    #[arg(long = "serve-dba-alpha", env = "DBA_ALPHA", value_name = "DBA_ALPHA", default_value_t = crate::expand::DEFAULT_ALPHA, value_parser = check::f32_in("DBA_ALPHA", 0.0, crate::expand::MAX_ALPHA), global = true)]
+    pub dba_alpha: f32,
     /// Web app: files per upload request (1–100)
     #[arg(long = "batch-size", env = "BATCH_SIZE", value_name = "BATCH_SIZE", default_value_t = DEFAULT_UPLOAD_BATCH, value_parser = check::between("BATCH_SIZE", 1usize, 100), global = true)]
     pub upload_batch: usize,

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+mod augment;
 mod text_search;
 pub use text_search::TextQuery;
 
@@ -132,6 +133,8 @@ pub struct Workspace {
     last_checkpoint: Mutex<(Instant, Duration)>,
     /// Search by text: its model and index.
     text_side: text_search::TextSide,
+    /// The indexed images augmented for database-side augmentation, once asked for.
+    augmented: augment::AugmentedSide,
 }
 
 /// A poisoned lock means a thread panicked mid-change; the store's transactions keep the data
@@ -288,6 +291,7 @@ impl Workspace {
             writer: Mutex::new(()),
             last_checkpoint: Mutex::new((Instant::now(), Duration::ZERO)),
             text_side: Default::default(),
+            augmented: Default::default(),
         };
         ws.backfill_texts()?;
         ws.load_or_rebuild_index()?;

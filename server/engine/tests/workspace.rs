@@ -7,6 +7,7 @@ use kadr_testkit as common;
 use candle_core::Device;
 use kadr_engine::dataset::scan;
 use kadr_engine::embed::Embedder;
+use kadr_engine::expand::{Expansion, Rerank};
 use kadr_engine::fusion::Fusion;
 use kadr_engine::index::{Filter, IndexKind};
 use kadr_engine::text::TextEmbedder;
@@ -581,4 +582,104 @@ fn search_by_text_alone_and_with_an_image() {
         .search_text(&q("a cup of espresso"), 3, &Filter::all())
         .unwrap();
     assert!(hits[0].path.ends_with("coffee.png"), "{hits:?}");
+}
+
+/// The indexed vectors augmented as `kadr eval --dba` defines it, by brute force: each with
+/// its `dba.n` most similar other indexed vectors.
+fn brute_force_augmented(vectors: &[f32], dim: usize, dba: &Expansion) -> Vec<Vec<f32>> {
+    let rows: Vec<&[f32]> = vectors.chunks(dim).collect();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    (0..rows.len())
+        .map(|i| {
+            let mut others: Vec<(usize, f32)> = (0..rows.len())
+                .filter(|&j| j != i)
+                .map(|j| (j, dot(rows[i], rows[j])))
+                .collect();
+            others.sort_by(|a, b| b.1.total_cmp(&a.1));
+            dba.expand(rows[i], others.iter().map(|&(j, s)| (rows[j], s)))
+        })
+        .collect()
+}
+
+#[test]
+fn database_augmentation_is_served_as_eval_defines_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data, &["red", "green", "blue"], 4);
+    // The real backbone: the tiny one maps the synthetic images of a category onto one point.
+    let ws = Workspace::open_with(&tmp.path().join("home"), effnet(), IndexKind::Flat).unwrap();
+    ws.index_files(&scan(&data).unwrap(), 5, &|_| {}).unwrap();
+
+    let (entries, vectors) = ws.store().all_vectors(ws.embedder().model_id()).unwrap();
+    let dim = vectors.len() / entries.len();
+    let dba = Expansion { n: 2, alpha: 1.0 };
+    let augmented = brute_force_augmented(&vectors, dim, &dba);
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let expected = |q: &[f32], category: Option<&str>| -> Vec<(i64, f32)> {
+        let mut all: Vec<(i64, f32)> = entries
+            .iter()
+            .zip(&augmented)
+            .filter(|(e, _)| category.is_none_or(|c| e.category == c))
+            .map(|(e, a)| (e.id, dot(q, a)))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        all
+    };
+    // The best 5 of the whole ranking `want`: the same scores in the same order, and the same
+    // ids where the score has no tie.
+    let check = |got: &[kadr_engine::workspace::Neighbour], want: &[(i64, f32)]| {
+        assert_eq!(got.len(), want.len().min(5));
+        for (i, (g, (id, score))) in got.iter().zip(want).enumerate() {
+            assert!((g.score - score).abs() < 1e-4, "{got:?} vs {want:?}");
+            let tied = want
+                .iter()
+                .enumerate()
+                .any(|(j, w)| j != i && (w.1 - score).abs() < 1e-4);
+            assert!(tied || g.id == *id, "{got:?} vs {want:?}");
+        }
+    };
+    let q_path = tmp.path().join("query.png");
+    common::synthetic_png(&q_path, 1, 7);
+    let q = ws.embed_bytes(&std::fs::read(&q_path).unwrap()).unwrap();
+
+    let rr = Rerank {
+        qe: Expansion::off(),
+        dba,
+    };
+    let got = ws.search_reranked(&q, 5, &Filter::all(), &rr).unwrap();
+    check(&got, &expected(&q, None));
+    let plain = ws.search(&q, 5, &Filter::all()).unwrap();
+    assert!(
+        plain
+            .iter()
+            .zip(&got)
+            .any(|(p, g)| (p.score - g.score).abs() > 1e-3),
+        "the augmented index scores differently from the plain one: {plain:?}"
+    );
+    // Filters apply to the augmented index as to the plain one.
+    let red = ws
+        .search_reranked(&q, 5, &Filter::parse("", "red"), &rr)
+        .unwrap();
+    assert!(red.iter().all(|h| h.category == "red"));
+    check(&red, &expected(&q, Some("red")));
+    // With query expansion the query takes in its neighbours' augmented vectors.
+    let both = Rerank {
+        qe: Expansion { n: 1, alpha: 1.0 },
+        dba,
+    };
+    let first = &got[0];
+    let mine = entries.iter().position(|e| e.id == first.id).unwrap();
+    let expanded = both
+        .qe
+        .expand(&q, [(augmented[mine].as_slice(), first.score)]);
+    let got = ws.search_reranked(&q, 5, &Filter::all(), &both).unwrap();
+    check(&got, &expected(&expanded, None));
+
+    // An image indexed later is found: the augmented copy follows the set.
+    let later = data.join("green/later.png");
+    common::synthetic_png(&later, 2, 11);
+    ws.index_files(&scan(&data).unwrap(), 5, &|_| {}).unwrap();
+    let v = ws.embed_bytes(&std::fs::read(&later).unwrap()).unwrap();
+    let got = ws.search_reranked(&v, 3, &Filter::all(), &rr).unwrap();
+    assert!(got[0].path.ends_with("green/later.png"), "{got:?}");
 }

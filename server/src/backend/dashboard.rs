@@ -6,7 +6,7 @@ use super::{internal, lock, ms, now, EngineBackend};
 use app::errors::ApiError;
 use app::types::*;
 use kadr_engine::eval::Report;
-use kadr_engine::expand::Expansion;
+use kadr_engine::expand::{Expansion, Rerank};
 use kadr_engine::vote::VoteConfig;
 use kadr_engine::workspace::Workspace;
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ impl EngineBackend {
         cfg: &VoteConfig,
     ) -> Result<Stats, ApiError> {
         self.check_categories(cfg)?;
-        let qe = tuning.expansion();
+        let rr = tuning.rerank();
         let by = match tuning.by {
             Decider::Best => self.category_choice(cfg)?.by,
             by => by,
@@ -73,7 +73,7 @@ impl EngineBackend {
             sums.text_ms += r.timings.text_ms;
             let t = Instant::now();
             let analysis =
-                self.to_analysis(r, &kadr_engine::index::Filter::all(), &qe, head.as_deref())?;
+                self.to_analysis(r, &kadr_engine::index::Filter::all(), &rr, head.as_deref())?;
             sums.search_ms += ms(t);
             let decision = analysis.decide(&analysis.rank(cfg), cfg, by);
             *categories
@@ -91,7 +91,7 @@ impl EngineBackend {
             .ok()
             .and_then(|b| serde_json::from_slice::<EvalView>(&b).ok())
             .filter(|e| e.model == self.model())
-            .map(|saved| self.live_eval(saved, cfg, &qe, by));
+            .map(|saved| self.live_eval(saved, cfg, &rr, by));
         Ok(Stats {
             analyses: n as u64,
             categories,
@@ -120,16 +120,11 @@ impl EngineBackend {
     }
 
     /// The last evaluation evaluated again from the stored vectors under the page's tuning
-    /// (`cfg`, query expansion `qe`, and with `by` the head, a head trained and scored as
-    /// `kadr eval --head` does), keeping its mode; as saved when it cannot be (a fusion
+    /// (`cfg`, query expansion and database augmentation `rr`, and with `by` the head, a head
+    /// trained and scored as `kadr eval --head` does), keeping its mode; as saved when it cannot be (a fusion
     /// sweep, a folder gone). The last one is kept, so reloads with one tuning are free.
-    fn live_eval(
-        &self,
-        saved: EvalView,
-        cfg: &VoteConfig,
-        qe: &Expansion,
-        by: Decider,
-    ) -> EvalView {
+    fn live_eval(&self, saved: EvalView, cfg: &VoteConfig, rr: &Rerank, by: Decider) -> EvalView {
+        let (qe, dba) = (&rr.qe, &rr.dba);
         let mode = match saved.replay.as_str() {
             "split" => kadr_engine::jobs::EvalMode::Split,
             "loo" => kadr_engine::jobs::EvalMode::LeaveOneOut,
@@ -137,7 +132,7 @@ impl EngineBackend {
         };
         let with_head = by == Decider::Head;
         let key = format!(
-            "{}|{}|{cfg:?}|{qe:?}|{with_head}",
+            "{}|{}|{cfg:?}|{rr:?}|{with_head}",
             saved.created_at, saved.folder
         );
         if let Ok(cache) = self.inner.live_eval.lock() {
@@ -151,7 +146,7 @@ impl EngineBackend {
         let opts = kadr_engine::jobs::EvalOptions {
             vote: cfg.clone(),
             qe: *qe,
-            dba: saved.dba,
+            dba: *dba,
             head: with_head.then(kadr_engine::head::HeadConfig::default),
         };
         let ws = &self.inner.ws;
@@ -165,8 +160,8 @@ impl EngineBackend {
                     replay: saved.replay,
                     qe: qe.n,
                     qe_alpha: qe.alpha,
-                    dba: saved.dba,
-                    tuning: describe(cfg, qe, &saved.dba, with_head),
+                    dba: *dba,
+                    tuning: describe(cfg, qe, dba, with_head),
                     ..v
                 };
                 if let Ok(mut cache) = self.inner.live_eval.lock() {

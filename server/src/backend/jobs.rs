@@ -130,6 +130,8 @@ impl EngineBackend {
                 )?;
                 metrics::counter!("kadr_images_embedded_total", "source" => "index")
                     .increment(r.embedded as u64);
+                // The default tuning's database augmentation, for the set as it is now.
+                self.warm_augmentation();
                 Ok(format!(
                     "{} images in {} folder(s): {} newly indexed, {} removed (files gone), {} unreadable",
                     files.len(),

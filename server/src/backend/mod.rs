@@ -19,7 +19,7 @@ use app::analyse::FileOutcome;
 use app::errors::ApiError;
 use app::types::*;
 use kadr_engine::batcher::{BatchConfig, Batcher};
-use kadr_engine::expand::Expansion;
+use kadr_engine::expand::Rerank;
 use kadr_engine::head::Head;
 use kadr_engine::index::Filter;
 use kadr_engine::settings::Settings;
@@ -214,6 +214,8 @@ impl EngineBackend {
                 defaults: UiDefaults {
                     tuning: Tuning {
                         threshold: settings.threshold,
+                        dba: settings.dba,
+                        dba_alpha: settings.dba_alpha,
                         ..Tuning::default()
                     },
                     batch_size: settings.upload_batch,
@@ -260,7 +262,20 @@ impl EngineBackend {
                 }
             }
         }
+        if !me.inner.defaults.tuning.augmentation().is_off() {
+            let warm = me.clone();
+            std::thread::spawn(move || warm.warm_augmentation());
+        }
         Ok(me)
+    }
+
+    /// Builds the default tuning's augmented copy of the index (`DBA`), so that searches with
+    /// it do not wait; a failure is logged (searches with it would build it again).
+    pub(super) fn warm_augmentation(&self) {
+        let dba = self.inner.defaults.tuning.augmentation();
+        if let Err(e) = self.inner.ws.augment(&dba) {
+            tracing::warn!("database augmentation (DBA={}) was not built: {e:#}", dba.n);
+        }
     }
 
     fn model(&self) -> &str {
@@ -393,17 +408,17 @@ impl app::backend::Backend for EngineBackend {
         Box::pin(self.inner.queue.admit())
     }
 
-    fn analysis(&self, hash: &str, filter: &Filter, qe: &Expansion) -> Result<Analysis, ApiError> {
-        self.analysis_of(hash, filter, qe)
+    fn analysis(&self, hash: &str, filter: &Filter, rr: &Rerank) -> Result<Analysis, ApiError> {
+        self.analysis_of(hash, filter, rr)
     }
 
     fn cached_analysis(
         &self,
         hash: &str,
         filter: &Filter,
-        qe: &Expansion,
+        rr: &Rerank,
     ) -> Result<Option<Analysis>, ApiError> {
-        self.stored_analysis(hash, filter, qe)
+        self.stored_analysis(hash, filter, rr)
     }
 
     fn stats(&self, tuning: &Tuning, cfg: &VoteConfig) -> Result<Stats, ApiError> {

@@ -11,7 +11,7 @@ use app::types::*;
 use kadr_engine::batcher::Announced;
 use kadr_engine::decode::decode_for;
 use kadr_engine::embed::imagenet_class;
-use kadr_engine::expand::Expansion;
+use kadr_engine::expand::Rerank;
 use kadr_engine::index::Filter;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -89,18 +89,13 @@ impl EngineBackend {
         self.inner.home.join("uploads").join(hash)
     }
 
-    /// The top [`MAX_K`] hits for an embedding among those `filter` lets through, the query
-    /// expanded by `qe` first.
-    fn hits(
-        &self,
-        embedding: &[f32],
-        filter: &Filter,
-        qe: &Expansion,
-    ) -> Result<Vec<Hit>, ApiError> {
+    /// The top [`MAX_K`] hits for an embedding among those `filter` lets through, the search
+    /// re-ranked by `rr` (query expansion, database-side augmentation).
+    fn hits(&self, embedding: &[f32], filter: &Filter, rr: &Rerank) -> Result<Vec<Hit>, ApiError> {
         let found = self
             .inner
             .ws
-            .search_expanded(embedding, MAX_K, filter, qe)
+            .search_reranked(embedding, MAX_K, filter, rr)
             .map_err(internal)?;
         Ok(found.into_iter().map(|n| self.hit(n)).collect())
     }
@@ -122,11 +117,11 @@ impl EngineBackend {
         &self,
         r: Record,
         filter: &Filter,
-        qe: &Expansion,
+        rr: &Rerank,
         head: Option<&kadr_engine::head::Head>,
     ) -> Result<Analysis, ApiError> {
         let t = Instant::now();
-        let hits = self.hits(&r.embedding, filter, qe)?;
+        let hits = self.hits(&r.embedding, filter, rr)?;
         let mut timings = r.timings;
         timings.search_ms = ms(t);
         let head = match head {
@@ -158,7 +153,8 @@ impl EngineBackend {
             created_at: r.created_at,
             indexed_category: r.indexed_category,
             head,
-            expansion: *qe,
+            expansion: rr.qe,
+            augmentation: rr.dba,
         })
     }
 
@@ -327,7 +323,7 @@ impl EngineBackend {
             let mut analysis = self.to_analysis(
                 record,
                 &Filter::all(),
-                &Expansion::off(),
+                &self.inner.defaults.tuning.rerank(),
                 self.head().as_deref(),
             )?;
             // The name the user gave this time.
@@ -361,7 +357,7 @@ impl EngineBackend {
             analysis: Some(self.to_analysis(
                 record,
                 &Filter::all(),
-                &Expansion::off(),
+                &self.inner.defaults.tuning.rerank(),
                 self.head().as_deref(),
             )?),
             error: None,
@@ -401,11 +397,11 @@ impl EngineBackend {
         &self,
         hashes: &[String],
         filter: &Filter,
-        qe: &Expansion,
+        rr: &Rerank,
     ) -> Result<Vec<Analysis>, ApiError> {
         hashes
             .iter()
-            .map(|h| self.analysis_of(h, filter, qe))
+            .map(|h| self.analysis_of(h, filter, rr))
             .collect()
     }
 
@@ -414,13 +410,13 @@ impl EngineBackend {
         &self,
         hash: &str,
         filter: &Filter,
-        qe: &Expansion,
+        rr: &Rerank,
     ) -> Result<Option<Analysis>, ApiError> {
         let record = lock(&self.inner.history)?
             .get(self.model(), hash)
             .map_err(internal)?;
         record
-            .map(|r| self.to_analysis(r, filter, qe, self.head().as_deref()))
+            .map(|r| self.to_analysis(r, filter, rr, self.head().as_deref()))
             .transpose()
     }
 
@@ -429,9 +425,9 @@ impl EngineBackend {
         &self,
         hash: &str,
         filter: &Filter,
-        qe: &Expansion,
+        rr: &Rerank,
     ) -> Result<Analysis, ApiError> {
-        if let Some(a) = self.stored_analysis(hash, filter, qe)? {
+        if let Some(a) = self.stored_analysis(hash, filter, rr)? {
             return Ok(a);
         }
         // An indexed image: analyse its file (once) so it gets a page like any upload.
@@ -454,6 +450,6 @@ impl EngineBackend {
         lock(&self.inner.history)?
             .put(self.model(), &record)
             .map_err(internal)?;
-        self.to_analysis(record, filter, qe, self.head().as_deref())
+        self.to_analysis(record, filter, rr, self.head().as_deref())
     }
 }

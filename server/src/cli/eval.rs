@@ -1,7 +1,7 @@
 //! `kadr eval --data DIR [--fusion]`: MAP@10, vote accuracy, per-category precision/recall,
 //! for one space or the visual space against fused ones; the last line printed is JSON.
 
-use super::{progress_bar, report_failures, ExpansionArgs, VoteArgs};
+use super::{progress_bar, report_failures, RerankArgs, VoteArgs};
 use anyhow::Result;
 use clap::Args;
 use kadr_engine::fusion::EmbeddingKind;
@@ -22,14 +22,7 @@ pub struct EvalArgs {
     #[command(flatten)]
     vote: VoteArgs,
     #[command(flatten)]
-    qe: ExpansionArgs,
-    /// Database-side augmentation: each indexed image averaged with its N nearest other
-    /// images before the queries search them (0: off; leave-one-out keeps each query out)
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    dba: usize,
-    /// Database-side augmentation: each neighbour weighs its similarity to this power
-    #[arg(long, value_name = "ALPHA", default_value_t = kadr_engine::expand::DEFAULT_ALPHA)]
-    dba_alpha: f32,
+    rerank: RerankArgs,
     /// Also train a category head on the embeddings and report its accuracy (on valid/, or
     /// in 5-fold cross-validation for a set without splits)
     #[arg(long)]
@@ -50,14 +43,7 @@ pub struct EvalArgs {
 
 pub fn run(mut s: Settings, a: EvalArgs) -> Result<()> {
     let cfg = a.vote.config()?;
-    let qe = a.qe.expansion()?;
-    let dba = kadr_engine::expand::Expansion {
-        n: a.dba,
-        alpha: a.dba_alpha,
-    };
-    dba.validate().map_err(|(field, why)| {
-        anyhow::anyhow!("--{}: {why}", field.replace("qe", "dba").replace('_', "-"))
-    })?;
+    let kadr_engine::expand::Rerank { qe, dba } = a.rerank.rerank()?;
     let opts = EvalOptions {
         vote: cfg,
         qe,

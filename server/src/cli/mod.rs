@@ -41,9 +41,9 @@ pub struct VoteArgs {
     ignore: String,
 }
 
-/// Query expansion, for `kadr search` and `kadr eval`.
+/// Re-ranking (query expansion, database-side augmentation), for `kadr search` and `kadr eval`.
 #[derive(Args, Clone, Copy)]
-pub struct ExpansionArgs {
+pub struct RerankArgs {
     /// Query expansion: average each query with its N best neighbours, then search again
     /// (0: off)
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -51,17 +51,33 @@ pub struct ExpansionArgs {
     /// Query expansion: each neighbour weighs its similarity to this power
     #[arg(long, value_name = "ALPHA", default_value_t = kadr_engine::expand::DEFAULT_ALPHA)]
     qe_alpha: f32,
+    /// Database-side augmentation: each indexed image averaged with its N nearest other
+    /// indexed images before the queries search them (0: off; in a leave-one-out evaluation
+    /// each query is kept out)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    dba: usize,
+    /// Database-side augmentation: each neighbour weighs its similarity to this power
+    #[arg(long, value_name = "ALPHA", default_value_t = kadr_engine::expand::DEFAULT_ALPHA)]
+    dba_alpha: f32,
 }
 
-impl ExpansionArgs {
-    pub fn expansion(&self) -> Result<kadr_engine::expand::Expansion> {
-        let qe = kadr_engine::expand::Expansion {
-            n: self.qe,
-            alpha: self.qe_alpha,
+impl RerankArgs {
+    /// The re-ranking asked for; an error names the flag out of bounds.
+    pub fn rerank(&self) -> Result<kadr_engine::expand::Rerank> {
+        use kadr_engine::expand::Expansion;
+        let rr = kadr_engine::expand::Rerank {
+            qe: Expansion {
+                n: self.qe,
+                alpha: self.qe_alpha,
+            },
+            dba: Expansion {
+                n: self.dba,
+                alpha: self.dba_alpha,
+            },
         };
-        qe.validate()
+        rr.validate()
             .map_err(|(field, why)| anyhow::anyhow!("--{}: {why}", field.replace('_', "-")))?;
-        Ok(qe)
+        Ok(rr)
     }
 }
 

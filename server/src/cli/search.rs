@@ -1,11 +1,11 @@
-//! `kadr search IMAGE... [--split S] [--category C] [--qe N]`: the most similar indexed images
-//! (of those splits and categories, the query expanded by its N best neighbours if asked) and
-//! the voted category.
+//! `kadr search IMAGE... [--split S] [--category C] [--qe N] [--dba N]`: the most similar
+//! indexed images (of those splits and categories, the query expanded by its N best neighbours
+//! and the indexed images augmented by theirs if asked) and the voted category.
 //!
 //! `kadr search --text SENTENCE [IMAGE...]`: the indexed images whose texts are most like the
 //! sentence, or, with images, most like each image fused with the sentence.
 
-use super::{ExpansionArgs, VoteArgs};
+use super::{RerankArgs, VoteArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use kadr_engine::index::Filter;
@@ -25,7 +25,7 @@ pub struct SearchArgs {
     #[command(flatten)]
     vote: VoteArgs,
     #[command(flatten)]
-    qe: ExpansionArgs,
+    rerank: RerankArgs,
     /// Only neighbours from these splits (comma-separated: train,valid)
     #[arg(long, value_name = "SPLITS", default_value = "")]
     split: String,
@@ -39,7 +39,7 @@ pub struct SearchArgs {
 
 pub fn run(s: &Settings, a: SearchArgs) -> Result<()> {
     let cfg = a.vote.config()?;
-    let qe = a.qe.expansion()?;
+    let rr = a.rerank.rerank()?;
     let filter = Filter::parse(&a.split, &a.category);
     let ws = Workspace::open(s)?;
     anyhow::ensure!(
@@ -63,10 +63,13 @@ pub fn run(s: &Settings, a: SearchArgs) -> Result<()> {
                 let q = ws
                     .embed_bytes(&read(image)?)
                     .with_context(|| format!("{}", image.display()))?;
-                ws.search_expanded(&q, cfg.k, &filter, &qe)?
+                ws.search_reranked(&q, cfg.k, &filter, &rr)?
             }
             Some(text) => {
-                anyhow::ensure!(qe.is_off(), "--qe is for image searches, not --text");
+                anyhow::ensure!(
+                    rr.qe.is_off() && rr.dba.is_off(),
+                    "--qe and --dba are for image searches, not --text"
+                );
                 let example = match &image {
                     Some(p) => Some(
                         ws.embed_visual_bytes(&read(p)?)

@@ -85,6 +85,37 @@ impl Expansion {
     }
 }
 
+/// How a search re-ranks: the query expanded by its neighbours (`qe`) and the indexed
+/// images augmented by theirs (`dba`, database-side augmentation: each indexed vector replaced
+/// by [`Expansion::expand`] of itself with its `dba.n` nearest other indexed images, computed
+/// once for the whole set). Both off: a plain search.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Rerank {
+    pub qe: Expansion,
+    pub dba: Expansion,
+}
+
+impl Rerank {
+    /// Query expansion only.
+    pub fn qe(qe: Expansion) -> Self {
+        Self {
+            qe,
+            dba: Expansion::off(),
+        }
+    }
+
+    /// Checks both against [`Expansion::validate`]'s limits; the error names the field
+    /// (`qe`, `qe_alpha`, `dba` or `dba_alpha`).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.qe.validate()?;
+        self.dba.validate().map_err(|(field, why)| {
+            let field = if field == "qe" { "dba" } else { "dba_alpha" };
+            (field, why)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +140,22 @@ mod tests {
             linear[1] > e[1],
             "a smaller α weighs the same neighbour more"
         );
+    }
+
+    #[test]
+    fn rerank_errors_name_their_own_field() {
+        let bad = Expansion { n: 101, alpha: 3.0 };
+        assert_eq!(Rerank::qe(bad).validate().unwrap_err().0, "qe");
+        let dba = |dba| Rerank {
+            qe: Expansion::off(),
+            dba,
+        };
+        assert_eq!(dba(bad).validate().unwrap_err().0, "dba");
+        let nan = Expansion {
+            n: 1,
+            alpha: f32::NAN,
+        };
+        assert_eq!(dba(nan).validate().unwrap_err().0, "dba_alpha");
+        assert!(dba(Expansion::with(5)).validate().is_ok());
     }
 }

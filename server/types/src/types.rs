@@ -2,7 +2,7 @@
 //! server functions, the REST API and the pages. Behaviour that both sides need (re-ranking
 //! under a [`Tuning`]) is here too, so the browser and the CSV export agree to the digit.
 
-use crate::expand::Expansion;
+use crate::expand::{Expansion, Rerank};
 use crate::vote::{passing, vote, CategoryRules, Vote, VoteConfig, VoteMode};
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +63,13 @@ pub struct Tuning {
     /// Query expansion's weighting exponent.
     #[serde(default = "default_alpha")]
     pub qe_alpha: f32,
+    /// Database-side augmentation: the indexed images are searched as each averaged with its
+    /// `dba` nearest others (0: off). Changing it searches again.
+    #[serde(default)]
+    pub dba: usize,
+    /// Database-side augmentation's weighting exponent.
+    #[serde(default = "default_alpha")]
+    pub dba_alpha: f32,
     /// What gives the category: the neighbours' vote, the trained head, or the better of the
     /// two on `valid/`.
     #[serde(default)]
@@ -85,6 +92,8 @@ impl Default for Tuning {
             ignore: String::new(),
             qe: 0,
             qe_alpha: crate::expand::DEFAULT_ALPHA,
+            dba: 0,
+            dba_alpha: crate::expand::DEFAULT_ALPHA,
             by: Decider::Best,
         }
     }
@@ -217,7 +226,7 @@ impl Tuning {
                 ));
             }
         }
-        self.expansion()
+        self.rerank()
             .validate()
             .map_err(|(field, why)| bad(field, why))?;
         let rules =
@@ -240,8 +249,25 @@ impl Tuning {
         }
     }
 
+    /// The database-side augmentation asked for.
+    pub fn augmentation(&self) -> Expansion {
+        Expansion {
+            n: self.dba,
+            alpha: self.dba_alpha,
+        }
+    }
+
+    /// How searches re-rank under this tuning.
+    pub fn rerank(&self) -> Rerank {
+        Rerank {
+            qe: self.expansion(),
+            dba: self.augmentation(),
+        }
+    }
+
     /// The URL query form: `t=0.3&rel=0&conf=0&k=10&mode=majority`, then what is set of
-    /// `rename=…`, `ignore=…`, `qe=2&qa=3` (with expansion on) and `by=vote|head`.
+    /// `rename=…`, `ignore=…`, `qe=2&qa=3` (with expansion on), `dba=5&da=3` (with
+    /// augmentation on) and `by=vote|head`.
     pub fn to_query(&self) -> String {
         let mut q = format!(
             "t={}&rel={}&conf={}&k={}&mode={}",
@@ -258,6 +284,9 @@ impl Tuning {
         }
         if self.qe > 0 {
             q.push_str(&format!("&qe={}&qa={}", self.qe, self.qe_alpha));
+        }
+        if self.dba > 0 {
+            q.push_str(&format!("&dba={}&da={}", self.dba, self.dba_alpha));
         }
         if self.by != Decider::Best {
             q.push_str(&format!("&by={}", self.by.as_str()));
@@ -285,6 +314,10 @@ impl Tuning {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(defaults.qe),
             qe_alpha: num("qa").unwrap_or(defaults.qe_alpha),
+            dba: get("dba")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(defaults.dba),
+            dba_alpha: num("da").unwrap_or(defaults.dba_alpha),
             by: get("by")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(defaults.by),
@@ -292,8 +325,8 @@ impl Tuning {
     }
 
     /// The URL query keys [`Tuning::from_query`] reads.
-    pub const KEYS: [&'static str; 10] = [
-        "t", "rel", "conf", "k", "mode", "rename", "ignore", "qe", "qa", "by",
+    pub const KEYS: [&'static str; 12] = [
+        "t", "rel", "conf", "k", "mode", "rename", "ignore", "qe", "qa", "dba", "da", "by",
     ];
 
     /// Checks the raw value of URL key `key` for the API, where a value that does not parse
@@ -302,8 +335,8 @@ impl Tuning {
     pub fn check_raw(key: &str, value: &str) -> Result<(), FieldError> {
         let v = value.trim();
         let ok = match key {
-            "t" | "conf" | "qa" => v.parse::<f32>().is_ok(),
-            "k" | "qe" => v.parse::<usize>().is_ok(),
+            "t" | "conf" | "qa" | "da" => v.parse::<f32>().is_ok(),
+            "k" | "qe" | "dba" => v.parse::<usize>().is_ok(),
             "rel" => matches!(v, "0" | "1" | "true" | "false"),
             "mode" => v.parse::<VoteMode>().is_ok(),
             "by" => v.parse::<Decider>().is_ok(),
@@ -483,6 +516,9 @@ pub struct Analysis {
     /// The query expansion the hits were searched with (`n` 0: none).
     #[serde(default)]
     pub expansion: Expansion,
+    /// The database-side augmentation the hits were searched with (`n` 0: none).
+    #[serde(default)]
+    pub augmentation: Expansion,
 }
 
 /// An analysis seen through a tuning: the matches shown and the vote.
@@ -714,10 +750,12 @@ mod tests {
             ignore: "x".into(),
             qe: 2,
             qe_alpha: 1.5,
+            dba: 5,
+            dba_alpha: 1.0,
             by: Decider::Head,
         };
         let q = t.to_query();
-        assert!(q.ends_with("&qe=2&qa=1.5&by=head"), "{q}");
+        assert!(q.ends_with("&qe=2&qa=1.5&dba=5&da=1&by=head"), "{q}");
         let pairs: Vec<(String, String)> = q
             .split('&')
             .map(|kv| {
@@ -807,6 +845,8 @@ mod tests {
         assert_eq!(Tuning::check_raw("by", "oracle").unwrap_err().field, "by");
         assert_eq!(Tuning::check_raw("qe", "-1").unwrap_err().field, "qe");
         assert!(Tuning::check_raw("qa", "0.5").is_ok());
+        assert_eq!(Tuning::check_raw("dba", "two").unwrap_err().field, "dba");
+        assert_eq!(bad(Tuning { dba: 101, ..d() }), "dba");
         // Expansion off and the default source leave the URL as it was.
         assert_eq!(d().to_query(), "t=0.3&rel=0&conf=0&k=10&mode=majority");
     }
@@ -839,6 +879,7 @@ mod tests {
                 top: vec![],
             }),
             expansion: Default::default(),
+            augmentation: Default::default(),
         };
         let decide = |t: Tuning, by| {
             let cfg = t.validate().unwrap();
@@ -923,6 +964,7 @@ mod tests {
             indexed_category: None,
             head: None,
             expansion: Default::default(),
+            augmentation: Default::default(),
         };
         let at = |threshold: f32| {
             Tuning {
