@@ -360,10 +360,10 @@ pub struct Settings {
     /// Web app: default database-side augmentation (the tuning's `dba`: indexed images
     /// searched as each averaged with its N nearest others; 0: off). When on, the server
     /// builds the augmented copy at start and after every index job
-    #[arg(long = "serve-dba", env = "DBA", value_name = "DBA", default_value_t = 0, value_parser = check::between("DBA", 0usize, crate::expand::MAX_N), global = true)]
+    #[arg(long = "serve-dba", env = "SERVE_DBA", value_name = "SERVE_DBA", default_value_t = 0, value_parser = check::between("SERVE_DBA", 0usize, crate::expand::MAX_N), global = true)]
     pub dba: usize,
     /// Web app: the default database-side augmentation's weighting exponent
-    #[arg(long = "serve-dba-alpha", env = "DBA_ALPHA", value_name = "DBA_ALPHA", default_value_t = crate::expand::DEFAULT_ALPHA, value_parser = check::f32_in("DBA_ALPHA", 0.0, crate::expand::MAX_ALPHA), global = true)]
+    #[arg(long = "serve-dba-alpha", env = "SERVE_DBA_ALPHA", value_name = "SERVE_DBA_ALPHA", default_value_t = crate::expand::DEFAULT_ALPHA, value_parser = check::f32_in("SERVE_DBA_ALPHA", 0.0, crate::expand::MAX_ALPHA), global = true)]
     pub dba_alpha: f32,
     /// Web app: files per upload request (1–100)
     #[arg(long = "batch-size", env = "BATCH_SIZE", value_name = "BATCH_SIZE", default_value_t = DEFAULT_UPLOAD_BATCH, value_parser = check::between("BATCH_SIZE", 1usize, 100), global = true)]

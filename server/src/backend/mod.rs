@@ -269,12 +269,15 @@ impl EngineBackend {
         Ok(me)
     }
 
-    /// Builds the default tuning's augmented copy of the index (`DBA`), so that searches with
+    /// Builds the default tuning's augmented copy of the index (`SERVE_DBA`), so that searches with
     /// it do not wait; a failure is logged (searches with it would build it again).
     pub(super) fn warm_augmentation(&self) {
         let dba = self.inner.defaults.tuning.augmentation();
         if let Err(e) = self.inner.ws.augment(&dba) {
-            tracing::warn!("database augmentation (DBA={}) was not built: {e:#}", dba.n);
+            tracing::warn!(
+                "database augmentation (SERVE_DBA={}) was not built: {e:#}",
+                dba.n
+            );
         }
     }
 

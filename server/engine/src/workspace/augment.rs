@@ -6,7 +6,7 @@
 //! same kind; IVF instead of IVF-PQ, so its scores are exact), built from the store's vectors
 //! with their neighbours found by the workspace's index, for one `(n, α)` at a time. It is
 //! built on the first search that asks for it, or ahead of time by [`Workspace::augment`] (the
-//! server calls it after every index job and at start for the `DBA` setting), and again when
+//! server calls it after every index job and at start for the `SERVE_DBA` setting), and again when
 //! the indexed set has changed since. While an index job runs, the copy built before it keeps
 //! being served: a search does not wait for a rebuild that the next batch would make stale.
 //! Its scores are cosines to the augmented vectors; the hits are the same store rows as a
